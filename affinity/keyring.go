@@ -1,0 +1,112 @@
+// Package affinity is the engine-agnostic core of caddy-affinity: upstream
+// identity, signed tokens, consistent hashing, session tables, draining
+// state and counters. It knows nothing of net/http or Caddy's handler
+// types, so the HTTP and layer4 glue share it and it is unit-tested alone.
+package affinity
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"hash"
+	"sync"
+)
+
+// Keyring signs and verifies tokens with HMAC-SHA256. The first key signs;
+// every key verifies, so keys can be rotated without losing sessions: put
+// the new key first and keep the old one until its cookies have aged out.
+//
+// A Keyring is bound to a context string (the cookie name), so a token
+// minted for one cookie is not accepted for another even under the same key.
+type Keyring struct {
+	keys    [][]byte
+	context []byte
+	pool    sync.Pool // of *macState
+}
+
+// macState is scratch space for one MAC computation. Pooling it keeps the
+// request path free of allocations: hash.Hash methods take interface calls,
+// so buffers handed to them would otherwise escape to the heap.
+type macState struct {
+	hs  []hash.Hash // one per key
+	buf [tokenMaxBytes + 8]byte
+	sum [sha256.Size]byte
+	in  [tokenMaxChars]byte
+}
+
+// ErrNoKeys is returned by NewKeyring when no usable key is given.
+var ErrNoKeys = errors.New("at least one non-empty secret is required")
+
+// NewKeyring returns a keyring over keys, bound to context. Keys are copied.
+func NewKeyring(context string, keys ...[]byte) (*Keyring, error) {
+	if len(keys) == 0 {
+		return nil, ErrNoKeys
+	}
+	k := &Keyring{context: append([]byte("caddy-affinity\x00"), context...)}
+	k.context = append(k.context, 0)
+	for _, key := range keys {
+		if len(key) == 0 {
+			return nil, ErrNoKeys
+		}
+		k.keys = append(k.keys, append([]byte(nil), key...))
+	}
+	k.pool.New = func() any {
+		st := &macState{hs: make([]hash.Hash, len(k.keys))}
+		for i, key := range k.keys {
+			st.hs[i] = hmac.New(sha256.New, key)
+		}
+		return st
+	}
+	return k, nil
+}
+
+// Len is the number of keys.
+func (k *Keyring) Len() int { return len(k.keys) }
+
+// UpstreamID is the identity of the upstream at addr under key i: 48 bits
+// of HMAC(key, addr). It depends only on the key and the address, so every
+// process sharing the key agrees on it, and it reveals nothing of addr.
+func (k *Keyring) UpstreamID(i int, addr string) uint64 {
+	st := k.pool.Get().(*macState)
+	defer k.pool.Put(st)
+	h := st.hs[i]
+	h.Reset()
+	h.Write([]byte("upstream\x00"))
+	h.Write([]byte(addr))
+	sum := h.Sum(st.sum[:0])
+	var b [8]byte
+	copy(b[2:], sum[:idBytes])
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// mac writes the truncated MAC of msg under key i into out, which must hold
+// macBytes. msg must be one of st's buffers.
+func (k *Keyring) mac(st *macState, i int, msg []byte, out []byte) {
+	h := st.hs[i]
+	h.Reset()
+	h.Write(k.context)
+	h.Write(msg)
+	sum := h.Sum(st.sum[:0])
+	copy(out, sum[:macBytes])
+}
+
+// verify reports which key's MAC matches the one at the end of msgWithMAC,
+// or -1.
+func (k *Keyring) verify(st *macState, msgWithMAC []byte) int {
+	n := len(msgWithMAC) - macBytes
+	var want [macBytes]byte
+	for i := range k.keys {
+		h := st.hs[i]
+		h.Reset()
+		h.Write(k.context)
+		h.Write(msgWithMAC[:n])
+		sum := h.Sum(st.sum[:0])
+		copy(want[:], sum[:macBytes])
+		if subtle.ConstantTimeCompare(want[:], msgWithMAC[n:]) == 1 {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,140 @@
+package affinity
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+)
+
+// Result is the outcome of one routing decision.
+type Result uint8
+
+// Decision results. Every selection records exactly one.
+const (
+	// ResultHit: routed by an existing session.
+	ResultHit Result = iota
+	// ResultNew: a new session was bound.
+	ResultNew
+	// ResultRebind: a session moved because its upstream failed or became
+	// unavailable (including a retry of the same request).
+	ResultRebind
+	// ResultRejected: the client's token was invalid; the request was
+	// load-balanced and bound afresh.
+	ResultRejected
+
+	numResults
+)
+
+var resultNames = [numResults]string{"hit", "new", "rebind", "rejected"}
+
+func (r Result) String() string {
+	if r < numResults {
+		return resultNames[r]
+	}
+	return "unknown"
+}
+
+// Results lists every result, for reporting.
+func Results() []Result { return []Result{ResultHit, ResultNew, ResultRebind, ResultRejected} }
+
+// Counters count the decisions one policy kind made for one upstream since
+// the process started. They are never reset by a config reload.
+type Counters struct {
+	results  [numResults]atomic.Uint64
+	rejected [numReasons]atomic.Uint64
+}
+
+// Record counts one decision; reason is the rejection reason when r is
+// ResultRejected.
+func (c *Counters) Record(r Result, reason Reason) {
+	if c == nil || r >= numResults {
+		return
+	}
+	c.results[r].Add(1)
+	if r == ResultRejected && reason < numReasons {
+		c.rejected[reason].Add(1)
+	}
+}
+
+// Count returns the count of result r.
+func (c *Counters) Count(r Result) uint64 {
+	if r >= numResults {
+		return 0
+	}
+	return c.results[r].Load()
+}
+
+// RejectedBy returns the count of rejections for reason.
+func (c *Counters) RejectedBy(reason Reason) uint64 {
+	if reason >= numReasons {
+		return 0
+	}
+	return c.rejected[reason].Load()
+}
+
+type statsKey struct{ policy, addr string }
+
+var stats struct {
+	sync.RWMutex
+	m map[statsKey]*Counters
+}
+
+// CountersFor returns the process-wide counters of policy kind policy for
+// the upstream at addr, creating them on first use. Policies fetch them
+// when their pool changes, not per request. An upstream that has counters
+// is known to the admin API.
+func CountersFor(policy, addr string) *Counters {
+	k := statsKey{policy, addr}
+	stats.RLock()
+	c := stats.m[k]
+	stats.RUnlock()
+	if c != nil {
+		return c
+	}
+	stats.Lock()
+	defer stats.Unlock()
+	if c = stats.m[k]; c == nil {
+		if stats.m == nil {
+			stats.m = make(map[statsKey]*Counters)
+		}
+		c = new(Counters)
+		stats.m[k] = c
+	}
+	return c
+}
+
+// EachCounters calls fn for every policy kind and upstream with counters,
+// ordered by address then policy.
+func EachCounters(fn func(policy, addr string, c *Counters)) {
+	stats.RLock()
+	keys := make([]statsKey, 0, len(stats.m))
+	for k := range stats.m {
+		keys = append(keys, k)
+	}
+	stats.RUnlock()
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].addr != keys[j].addr {
+			return keys[i].addr < keys[j].addr
+		}
+		return keys[i].policy < keys[j].policy
+	})
+	for _, k := range keys {
+		stats.RLock()
+		c := stats.m[k]
+		stats.RUnlock()
+		fn(k.policy, k.addr, c)
+	}
+}
+
+// Known reports whether any policy has routed, or been given a pool with,
+// the upstream at addr.
+func Known(addr string) bool {
+	stats.RLock()
+	defer stats.RUnlock()
+	for k := range stats.m {
+		if k.addr == addr {
+			return true
+		}
+	}
+	return false
+}

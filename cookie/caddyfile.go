@@ -1,0 +1,86 @@
+package cookie
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
+//
+//	lb_policy sticky_cookie [<name>] {
+//		mode           insert|rewrite
+//		secret         <key> [<key>...]
+//		max_age        <duration>
+//		idle_timeout   <duration>
+//		max_lifetime   <duration>
+//		path           <path>
+//		domain         <domain>
+//		secure         auto|always|never
+//		same_site      auto|lax|strict|none
+//		http_only      on|off
+//		forward_cookie on|off
+//		fallback       <policy> [<args...>] [{ ... }]
+//		on_failure     rebind|strict
+//	}
+func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume policy name
+	if d.NextArg() {
+		s.Name = d.Val()
+		if !validCookieName(s.Name) {
+			return d.Errf("sticky_cookie: '%s' is not a valid cookie name", s.Name)
+		}
+	}
+	if d.NextArg() {
+		return d.Errf("sticky_cookie: expected at most one argument (the cookie name), got extra '%s'", d.Val())
+	}
+	seen := parse.Options{}
+	for d.NextBlock(0) {
+		if err := seen.Start(d); err != nil {
+			return err
+		}
+		var err error
+		switch d.Val() {
+		case "mode":
+			s.Mode, err = parse.Enum(d, ModeInsert, ModeRewrite)
+		case "secret", "secrets":
+			s.Secrets = d.RemainingArgs()
+			if len(s.Secrets) == 0 {
+				return d.Errf("%s: expected at least one key", d.Val())
+			}
+		case "max_age":
+			s.MaxAge, err = parse.Duration(d)
+		case "idle_timeout":
+			s.IdleTimeout, err = parse.Duration(d)
+		case "max_lifetime":
+			s.MaxLifetime, err = parse.Duration(d)
+		case "path":
+			s.Path, err = parse.OneArg(d)
+			if err == nil && (s.Path == "" || s.Path[0] != '/') {
+				return d.Errf("path: must start with /, got '%s'", s.Path)
+			}
+		case "domain":
+			s.Domain, err = parse.OneArg(d)
+		case "secure":
+			s.Secure, err = parse.Enum(d, "auto", "always", "never")
+		case "same_site":
+			s.SameSite, err = parse.Enum(d, "auto", "lax", "strict", "none")
+		case "http_only":
+			var on bool
+			on, err = parse.OnOff(d)
+			s.HTTPOnly = &on
+		case "forward_cookie":
+			s.ForwardCookie, err = parse.OnOff(d)
+		case "fallback":
+			s.FallbackRaw, err = parse.Module(d, "http.reverse_proxy.selection_policies", "policy")
+		case "on_failure":
+			s.OnFailure, err = parse.Enum(d, "rebind", "strict")
+		default:
+			return parse.Unknown(d)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

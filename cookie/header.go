@@ -1,0 +1,261 @@
+package cookie
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+)
+
+// Separator stands between the route token and the backend's own value in
+// rewrite mode, as HAProxy's "prefix" does: "TOKEN~original".
+const Separator = '~'
+
+// The functions below work on raw header text, so that every byte the
+// client or the backend wrote outside the one cookie they touch is kept as
+// it came, and so the request path allocates only when it changes a line.
+
+// eachPair calls fn for each "name=value" pair in a Cookie header line, with
+// the byte offsets of the pair (without surrounding spaces). It stops when
+// fn returns false.
+func eachPair(line string, fn func(start, end int) bool) {
+	for i := 0; i < len(line); {
+		j := strings.IndexByte(line[i:], ';')
+		if j < 0 {
+			j = len(line)
+		} else {
+			j += i
+		}
+		s, e := i, j
+		for s < e && (line[s] == ' ' || line[s] == '\t') {
+			s++
+		}
+		for e > s && (line[e-1] == ' ' || line[e-1] == '\t') {
+			e--
+		}
+		if s < e && !fn(s, e) {
+			return
+		}
+		i = j + 1
+	}
+}
+
+// splitPair splits "name=value" at the first '='; ok is false without one.
+func splitPair(pair string) (name, value string, ok bool) {
+	name, value, ok = strings.Cut(pair, "=")
+	return strings.TrimSpace(name), strings.TrimSpace(value), ok
+}
+
+// unquote strips one pair of surrounding double quotes, which RFC 6265
+// allows around a cookie value; quoted tells the caller to put them back.
+func unquote(v string) (inner string, quoted bool) {
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		return v[1 : len(v)-1], true
+	}
+	return v, false
+}
+
+// EachValue calls fn with the value (quotes removed) of every cookie named
+// name in the Cookie header lines, in order, until fn returns false.
+func EachValue(lines []string, name string, fn func(value string) bool) {
+	stop := false
+	for _, line := range lines {
+		eachPair(line, func(s, e int) bool {
+			n, v, ok := splitPair(line[s:e])
+			if ok && n == name {
+				v, _ = unquote(v)
+				stop = !fn(v)
+			}
+			return !stop
+		})
+		if stop {
+			return
+		}
+	}
+}
+
+// EditLines applies edit to the value of every cookie named name in the
+// Cookie header lines, in place. edit gets the unquoted value and returns
+// the new one, keep=false to drop the cookie, or changed=false to leave it.
+// Other cookies and their order are untouched; a line left empty is removed.
+// It returns the lines (possibly shortened).
+func EditLines(lines []string, name string, edit func(value string) (newValue string, keep, changed bool)) []string {
+	out := lines[:0]
+	for _, line := range lines {
+		line = editLine(line, name, edit)
+		if strings.TrimSpace(line) != "" {
+			out = append(out, line)
+		}
+	}
+	clear(lines[len(out):])
+	return out
+}
+
+func editLine(line, name string, edit func(string) (string, bool, bool)) string {
+	type change struct {
+		start, end int
+		repl       string
+		drop       bool
+	}
+	var changes [4]change
+	chs := changes[:0]
+	eachPair(line, func(s, e int) bool {
+		n, v, ok := splitPair(line[s:e])
+		if !ok || n != name {
+			return true
+		}
+		inner, quoted := unquote(v)
+		nv, keep, changed := edit(inner)
+		if !changed {
+			return true
+		}
+		if !keep {
+			chs = append(chs, change{start: s, end: e, drop: true})
+			return true
+		}
+		if quoted {
+			nv = `"` + nv + `"`
+		}
+		vs := strings.IndexByte(line[s:e], '=') + s + 1
+		for vs < e && (line[vs] == ' ' || line[vs] == '\t') {
+			vs++
+		}
+		chs = append(chs, change{start: vs, end: e, repl: nv})
+		return true
+	})
+	if len(chs) == 0 {
+		return line
+	}
+	// Dropping the first or last pair of a line is a re-slice; only a
+	// change in the middle builds a new string.
+	if len(chs) == 1 && chs[0].drop {
+		c := chs[0]
+		if c.start == strings.IndexFunc(line, notSpace) {
+			rest := line[c.end:]
+			if i := strings.IndexByte(rest, ';'); i >= 0 {
+				return strings.TrimLeft(rest[i+1:], " \t")
+			}
+			return ""
+		}
+		if strings.TrimSpace(line[c.end:]) == "" {
+			prefix := line[:c.start]
+			if i := strings.LastIndexByte(prefix, ';'); i >= 0 {
+				return strings.TrimRight(prefix[:i], " \t")
+			}
+			return ""
+		}
+	}
+	var b strings.Builder
+	b.Grow(len(line))
+	last := 0
+	for _, c := range chs {
+		if c.drop {
+			// Remove the pair and the separator that follows it (or, for
+			// the last pair, the one before it).
+			end := c.end
+			if i := strings.IndexByte(line[end:], ';'); i >= 0 {
+				end += i + 1
+				for end < len(line) && (line[end] == ' ' || line[end] == '\t') {
+					end++
+				}
+				b.WriteString(line[last:c.start])
+			} else {
+				pre := strings.TrimRight(line[last:c.start], " \t")
+				pre = strings.TrimSuffix(pre, ";")
+				b.WriteString(strings.TrimRight(pre, " \t"))
+			}
+			last = end
+			continue
+		}
+		b.WriteString(line[last:c.start])
+		b.WriteString(c.repl)
+		last = c.end
+	}
+	b.WriteString(line[last:])
+	return b.String()
+}
+
+func notSpace(r rune) bool { return r != ' ' && r != '\t' }
+
+// SplitRouted splits a rewrite-mode cookie value "TOKEN~original" into its
+// route token and the backend's original value. ok is false when the value
+// does not start with something shaped like a route token.
+func SplitRouted(value string) (token, original string, ok bool) {
+	n := affinity.RouteLen
+	if len(value) <= n || value[n] != Separator || !affinity.LooksLikeToken(affinity.KindRoute, value[:n]) {
+		return "", value, false
+	}
+	return value[:n], value[n+1:], true
+}
+
+// SetCookieName returns the cookie name of a Set-Cookie line.
+func SetCookieName(line string) string {
+	end := strings.IndexByte(line, ';')
+	if end < 0 {
+		end = len(line)
+	}
+	n, _, _ := splitPair(line[:end])
+	return n
+}
+
+// RewriteSetCookie returns the Set-Cookie line with the value of cookie
+// name prefixed by token and Separator. Every attribute and every byte
+// outside the value is kept as the backend wrote it. A line for another
+// cookie, or one that deletes the cookie (Max-Age <= 0, or an Expires before
+// now), is returned unchanged with ok false. A value that already carries a
+// route token has it replaced, never doubled.
+func RewriteSetCookie(line, name, token string, now time.Time) (string, bool) {
+	end := strings.IndexByte(line, ';')
+	if end < 0 {
+		end = len(line)
+	}
+	eq := strings.IndexByte(line[:end], '=')
+	if eq < 0 || strings.TrimSpace(line[:eq]) != name {
+		return line, false
+	}
+	if deletes(line[end:], now) {
+		return line, false
+	}
+	vs, ve := eq+1, end
+	for vs < ve && (line[vs] == ' ' || line[vs] == '\t') {
+		vs++
+	}
+	for ve > vs && (line[ve-1] == ' ' || line[ve-1] == '\t') {
+		ve--
+	}
+	inner, quoted := unquote(line[vs:ve])
+	if _, orig, ok := SplitRouted(inner); ok {
+		inner = orig
+	}
+	q := ""
+	if quoted {
+		q = `"`
+	}
+	return line[:vs] + q + token + string(Separator) + inner + q + line[ve:], true
+}
+
+// deletes reports whether the attributes of a Set-Cookie line delete the
+// cookie.
+func deletes(attrs string, now time.Time) bool {
+	del := false
+	for _, a := range strings.Split(attrs, ";") {
+		k, v, _ := strings.Cut(a, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch {
+		case strings.EqualFold(k, "max-age"):
+			// Max-Age wins over Expires (RFC 6265 5.3 step 3).
+			if n, err := strconv.Atoi(v); err == nil {
+				return n <= 0
+			}
+		case strings.EqualFold(k, "expires"):
+			if t, err := http.ParseTime(v); err == nil && !t.After(now) {
+				del = true
+			} else if t, err := time.Parse("Mon, 02-Jan-2006 15:04:05 MST", v); err == nil && !t.After(now) {
+				del = true
+			}
+		}
+	}
+	return del
+}

@@ -1,0 +1,591 @@
+// Package cookie is layer-7 cookie affinity for Caddy's reverse_proxy: the
+// sticky_cookie selection policy (insert and rewrite modes), the affinity
+// handler that lets rewrite mode see the backend's Set-Cookie, and the
+// cookie header parsing and rewriting they share.
+package cookie
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/cespare/xxhash/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+)
+
+func init() {
+	caddy.RegisterModule(new(StickyCookie))
+}
+
+// PolicyName labels this policy's counters and metrics.
+const PolicyName = "sticky_cookie"
+
+// Modes of StickyCookie.
+const (
+	ModeInsert  = "insert"
+	ModeRewrite = "rewrite"
+)
+
+// StickyCookie is a selection policy that keeps each client on one upstream
+// with a signed cookie.
+//
+// In insert mode (the default) Caddy sets its own cookie, whose opaque value
+// names the upstream without revealing its address, carries its issue time
+// (and last refresh, for idle_timeout) and a truncated HMAC-SHA256. In
+// rewrite mode the backend sets its own cookie and Caddy prefixes its value
+// with a short signed route token ("TOKEN~original"); the backend gets its
+// original value back on later requests. Rewrite mode needs the `affinity`
+// handler in the same route, which the Caddyfile orders before
+// reverse_proxy.
+//
+// A request without a valid cookie is load-balanced by the fallback policy.
+// An invalid cookie (malformed, tampered, signed by an unknown key, too old,
+// idle too long, or naming an upstream no longer in the pool) counts as
+// absent: never an error status.
+type StickyCookie struct {
+	// How the cookie is made: `insert` (Caddy sets its own cookie) or
+	// `rewrite` (Caddy rewrites the cookie the backend sets). Default: insert.
+	Mode string `json:"mode,omitempty"`
+
+	// The cookie name. Default: `affinity` in insert mode; required in
+	// rewrite mode, where it is the name of the backend's own cookie.
+	Name string `json:"name,omitempty"`
+
+	// Keys that sign and verify cookies. The first signs; every one verifies,
+	// so keys rotate without losing sessions, and a cookie verified by an
+	// older key is re-issued under the first. Placeholders such as
+	// `{env.AFFINITY_SECRET}` are replaced when the config loads. Default: a
+	// random key generated once and kept in Caddy's storage, so sessions
+	// survive restarts and instances sharing that storage share the key.
+	// Keys are never logged.
+	Secrets []string `json:"secrets,omitempty"`
+
+	// The cookie's Max-Age (insert mode). Default: none, a session cookie.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+
+	// A sliding, server-side idle timeout (insert mode): a cookie not
+	// refreshed within it counts as absent. The cookie is re-issued once it
+	// has aged a quarter of the timeout. Default: none.
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+
+	// The absolute lifetime of a binding, checked on the server against the
+	// signed issue time, in both modes. Default: none.
+	MaxLifetime caddy.Duration `json:"max_lifetime,omitempty"`
+
+	// The cookie's Path attribute (insert mode). Default: `/`.
+	Path string `json:"path,omitempty"`
+
+	// The cookie's Domain attribute (insert mode). Default: none (host only).
+	Domain string `json:"domain,omitempty"`
+
+	// Whether the cookie gets the Secure attribute (insert mode): `auto`
+	// (when the request came over TLS or with `X-Forwarded-Proto: https` from
+	// a trusted proxy), `always` or `never`. Default: auto.
+	Secure string `json:"secure,omitempty"`
+
+	// The cookie's SameSite attribute (insert mode): `auto` (None when the
+	// cookie is Secure, else Lax), `lax`, `strict` or `none`. Default: auto.
+	SameSite string `json:"same_site,omitempty"`
+
+	// Whether the cookie gets the HttpOnly attribute (insert mode).
+	// Default: true.
+	HTTPOnly *bool `json:"http_only,omitempty"`
+
+	// Whether the inserted cookie is also sent on to the upstream (insert
+	// mode). Default: false, the cookie is removed from the proxied request
+	// (HAProxy's `indirect`), so backends never see it.
+	ForwardCookie bool `json:"forward_cookie,omitempty"`
+
+	// The selection policy for requests without a valid cookie, and for
+	// rebinding. Any `http.reverse_proxy.selection_policies` module works.
+	// Default: `least_conn`.
+	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
+
+	// What to do when the cookie's upstream is unavailable (unhealthy, full,
+	// or already failed for this request): `rebind` picks another with the
+	// fallback and re-issues the cookie, on the same request when lb_retries
+	// or lb_try_duration allow a retry; `strict` never rebinds, and no
+	// upstream is selected (503). Default: rebind.
+	OnFailure string `json:"on_failure,omitempty"`
+
+	fallback  reverseproxy.Selector
+	keys      *affinity.Keyring
+	life      affinity.Lifetimes
+	attrs     Attrs
+	rewrite   bool
+	strict    bool
+	varKey    string
+	pools     affinity.PoolCache[*reverseproxy.Upstream, *poolState]
+	logger    *zap.Logger
+	noHandler sync.Once
+	now       func() time.Time
+}
+
+// poolState is what the policy derives from a pool once.
+type poolState struct {
+	index    *affinity.Index
+	counters []*affinity.Counters
+}
+
+// CaddyModule returns the Caddy module information.
+func (*StickyCookie) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.selection_policies.sticky_cookie",
+		New: func() caddy.Module { return new(StickyCookie) },
+	}
+}
+
+// Provision sets up s.
+func (s *StickyCookie) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.Mode == "" {
+		s.Mode = ModeInsert
+	}
+	if s.Name == "" && s.Mode == ModeInsert {
+		s.Name = "affinity"
+	}
+	if s.Path == "" {
+		s.Path = "/"
+	}
+	if s.Secure == "" {
+		s.Secure = "auto"
+	}
+	if s.SameSite == "" {
+		s.SameSite = "auto"
+	}
+	if s.OnFailure == "" {
+		s.OnFailure = "rebind"
+	}
+	if err := s.validate(); err != nil {
+		return err
+	}
+	s.rewrite = s.Mode == ModeRewrite
+	s.strict = s.OnFailure == "strict"
+	s.life = affinity.Lifetimes{MaxLifetime: time.Duration(s.MaxLifetime), IdleTimeout: time.Duration(s.IdleTimeout)}
+	s.attrs = Attrs{
+		Path:     s.Path,
+		Domain:   s.Domain,
+		MaxAge:   time.Duration(s.MaxAge),
+		Secure:   s.Secure,
+		SameSite: s.SameSite,
+		HTTPOnly: s.HTTPOnly == nil || *s.HTTPOnly,
+	}
+	s.varKey = fmt.Sprintf("caddy_affinity.sticky_cookie.%p", s)
+
+	if s.FallbackRaw == nil {
+		s.FallbackRaw = caddyconfig.JSONModuleObject(reverseproxy.LeastConnSelection{}, "policy", "least_conn", nil)
+	}
+	mod, err := ctx.LoadModule(s, "FallbackRaw")
+	if err != nil {
+		return fmt.Errorf("loading fallback selection policy: %v", err)
+	}
+	s.fallback = mod.(reverseproxy.Selector)
+
+	keys, err := loadKeys(ctx, s.Secrets)
+	if err != nil {
+		return err
+	}
+	s.keys, err = affinity.NewKeyring(s.Mode+"\x00"+s.Name, keys...)
+	if err != nil {
+		return fmt.Errorf("secrets: %v", err)
+	}
+	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
+	s.pools.Build = func(addrs []string) *poolState {
+		ps := &poolState{index: s.keys.NewIndex(addrs), counters: make([]*affinity.Counters, len(addrs))}
+		for i, a := range addrs {
+			ps.counters[i] = affinity.CountersFor(PolicyName, a)
+		}
+		return ps
+	}
+	return nil
+}
+
+// Validate ensures s's configuration is valid.
+func (s *StickyCookie) Validate() error { return s.validate() }
+
+func (s *StickyCookie) validate() error {
+	switch s.Mode {
+	case ModeInsert, ModeRewrite:
+	default:
+		return fmt.Errorf("mode: must be insert or rewrite, got %q", s.Mode)
+	}
+	if s.Name == "" {
+		return fmt.Errorf("name: rewrite mode needs the name of the cookie the backend sets")
+	}
+	if !validCookieName(s.Name) {
+		return fmt.Errorf("name: %q is not a valid cookie name", s.Name)
+	}
+	if s.Mode == ModeRewrite {
+		// Attributes are the backend's in rewrite mode; silently ignoring
+		// them would mislead.
+		for opt, set := range map[string]bool{
+			"max_age": s.MaxAge != 0, "idle_timeout": s.IdleTimeout != 0, "domain": s.Domain != "",
+			"path": s.Path != "" && s.Path != "/", "secure": s.Secure != "" && s.Secure != "auto",
+			"same_site": s.SameSite != "" && s.SameSite != "auto", "http_only": s.HTTPOnly != nil,
+			"forward_cookie": s.ForwardCookie,
+		} {
+			if set {
+				return fmt.Errorf("%s: applies to insert mode only; in rewrite mode the backend's cookie keeps its own attributes", opt)
+			}
+		}
+	}
+	for name, d := range map[string]caddy.Duration{"max_age": s.MaxAge, "idle_timeout": s.IdleTimeout, "max_lifetime": s.MaxLifetime} {
+		if d < 0 {
+			return fmt.Errorf("%s: must not be negative", name)
+		}
+	}
+	switch s.Secure {
+	case "", "auto", "always", "never":
+	default:
+		return fmt.Errorf("secure: must be auto, always or never, got %q", s.Secure)
+	}
+	switch s.SameSite {
+	case "", "auto", "lax", "strict", "none":
+	default:
+		return fmt.Errorf("same_site: must be auto, lax, strict or none, got %q", s.SameSite)
+	}
+	if s.SameSite == "none" && s.Secure == "never" {
+		return fmt.Errorf("same_site: none requires a Secure cookie; browsers reject it with secure never")
+	}
+	switch s.OnFailure {
+	case "", "rebind", "strict":
+	default:
+		return fmt.Errorf("on_failure: must be rebind or strict, got %q", s.OnFailure)
+	}
+	if s.Path != "" && !strings.HasPrefix(s.Path, "/") {
+		return fmt.Errorf("path: must start with /, got %q", s.Path)
+	}
+	for i, sec := range s.Secrets {
+		if sec == "" {
+			return fmt.Errorf("secrets: secret %d is empty", i+1)
+		}
+	}
+	return nil
+}
+
+// validCookieName reports whether n is an RFC 6265 token.
+func validCookieName(n string) bool {
+	if n == "" {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// reqState is what one request's selections share across retries. Caddy
+// calls Select again for every retry with the same request, whose Cookie
+// header this policy has already edited, so the parsed token lives here.
+type reqState struct {
+	tok      affinity.Token
+	key      int
+	valid    bool
+	reason   affinity.Reason
+	attempts int
+	triedArr [2]*reverseproxy.Upstream
+	tried    []*reverseproxy.Upstream
+	// Set by the last selection, for rewrite mode's handler.
+	chosenID uint64
+	issued   uint32
+	policy   *StickyCookie
+}
+
+// Select returns the upstream of the request's session, or binds a new one.
+func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	st, _ := caddyhttp.GetVar(r.Context(), s.varKey).(*reqState)
+	if st == nil {
+		st = &reqState{policy: s}
+		st.tried = st.triedArr[:0]
+		s.readCookie(r, st)
+		caddyhttp.SetVar(r.Context(), s.varKey, st)
+		if s.rewrite {
+			s.attachToHandler(r, st)
+		}
+	}
+	st.attempts++
+	if len(pool) == 0 {
+		return nil
+	}
+	ps := s.pools.Get(pool)
+	now := s.now()
+
+	result, reason := affinity.ResultNew, affinity.ReasonNone
+	var up *reverseproxy.Upstream
+	idx := -1
+	issued := affinity.UnixSeconds(now)
+	if st.valid {
+		if i, ok := ps.index.Lookup(st.key, st.tok.Upstream); !ok {
+			result, reason = affinity.ResultRejected, affinity.ReasonUnknownUpstream
+		} else if u := pool[i]; u.Available() && !st.triedUp(u) {
+			up, idx, result = u, i, affinity.ResultHit
+			issued = st.tok.Issued
+		} else if s.strict {
+			s.logDecision(r, "", affinity.ResultRebind, affinity.ReasonNone, "strict: session's upstream unavailable")
+			st.tried = append(st.tried, u)
+			return nil
+		} else {
+			result = affinity.ResultRebind
+		}
+	} else if st.reason != affinity.ReasonNone {
+		result, reason = affinity.ResultRejected, st.reason
+	}
+	if up == nil {
+		if st.attempts > 1 {
+			result = affinity.ResultRebind
+		}
+		if s.rewrite && result == affinity.ResultRebind && st.valid {
+			up = s.pickStable(pool, st)
+		} else {
+			up = s.pickNew(pool, r, w, st)
+		}
+		if up == nil {
+			return nil
+		}
+		idx = indexOf(pool, up)
+	}
+	st.tried = append(st.tried, up)
+	if idx >= 0 {
+		ps.counters[idx].Record(result, reason)
+		st.chosenID = ps.index.SigningID(idx)
+	} else {
+		// The fallback returned an upstream outside the pool it was given;
+		// route the request but bind nothing to it.
+		st.chosenID = 0
+	}
+	st.issued = issued
+	s.logDecision(r, up.Dial, result, reason, "")
+
+	if !s.rewrite && idx >= 0 {
+		needCookie := result != affinity.ResultHit || st.key != 0 || s.life.NeedsRefresh(st.tok, now)
+		if needCookie || st.attempts > 1 {
+			s.setCookie(w, r, affinity.Token{
+				Kind: affinity.KindInsert, Upstream: st.chosenID,
+				Issued: issued, Refreshed: affinity.UnixSeconds(now),
+			})
+		}
+	}
+	return up
+}
+
+// pickNew asks the fallback for an upstream for a new (or moved) session,
+// keeping it away from upstreams that already failed this request and from
+// draining upstreams, unless only draining ones are left.
+func (s *StickyCookie) pickNew(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, st *reqState) *reverseproxy.Upstream {
+	if len(st.tried) == 0 && !affinity.AnyDraining() {
+		return s.fallback.Select(pool, r, w)
+	}
+	open := make(reverseproxy.UpstreamPool, 0, len(pool))
+	var draining reverseproxy.UpstreamPool
+	for _, u := range pool {
+		switch {
+		case st.triedUp(u):
+		case affinity.IsDraining(u.Dial):
+			draining = append(draining, u)
+		default:
+			open = append(open, u)
+		}
+	}
+	if up := s.fallback.Select(open, r, w); up != nil {
+		return up
+	}
+	if len(draining) > 0 {
+		// Every other upstream is down or tried: serving from a draining
+		// one beats failing the request.
+		return s.fallback.Select(draining, r, w)
+	}
+	return nil
+}
+
+// pickStable moves a rewrite-mode session deterministically: the backend
+// may not set its cookie again (Apache's mod_usertrack does not when the
+// request carries one), so the client keeps its old token, and every request
+// of the session must reach the same replacement while its upstream is
+// down. Rendezvous hashing on the token's upstream ID does that, and when
+// the upstream returns the session goes back to it. It costs O(n), on the
+// failure path only.
+func (s *StickyCookie) pickStable(pool reverseproxy.UpstreamPool, st *reqState) *reverseproxy.Upstream {
+	var best, spare *reverseproxy.Upstream
+	var bestScore, spareScore uint64
+	for _, u := range pool {
+		if !u.Available() || st.triedUp(u) {
+			continue
+		}
+		score := mix64(st.tok.Upstream ^ xxhash.Sum64String(u.Dial))
+		if affinity.IsDraining(u.Dial) {
+			if spare == nil || score > spareScore {
+				spare, spareScore = u, score
+			}
+			continue
+		}
+		if best == nil || score > bestScore {
+			best, bestScore = u, score
+		}
+	}
+	if best == nil {
+		return spare
+	}
+	return best
+}
+
+// mix64 is SplitMix64's finaliser: a cheap, well-spread 64-bit mix.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+func (st *reqState) triedUp(u *reverseproxy.Upstream) bool {
+	for _, t := range st.tried {
+		if t == u {
+			return true
+		}
+	}
+	return false
+}
+
+func indexOf(pool reverseproxy.UpstreamPool, u *reverseproxy.Upstream) int {
+	for i, p := range pool {
+		if p == u {
+			return i
+		}
+	}
+	return -1
+}
+
+// readCookie finds the first cookie of the request that carries a valid
+// token, and edits the Cookie header for the upstream: insert mode removes
+// the cookie unless forward_cookie is set; rewrite mode strips the route
+// token so the backend gets its original value.
+func (s *StickyCookie) readCookie(r *http.Request, st *reqState) {
+	lines := r.Header["Cookie"]
+	if len(lines) == 0 {
+		return
+	}
+	now := s.now()
+	consider := func(tok string) {
+		if st.valid {
+			return
+		}
+		kind := affinity.KindInsert
+		if s.rewrite {
+			kind = affinity.KindRoute
+		}
+		t, key, reason := s.keys.ParseToken(kind, tok)
+		if reason == affinity.ReasonNone {
+			reason = s.life.Check(t, now)
+		}
+		if reason != affinity.ReasonNone {
+			if st.reason == affinity.ReasonNone {
+				st.reason = reason
+			}
+			return
+		}
+		st.tok, st.key, st.valid, st.reason = t, key, true, affinity.ReasonNone
+	}
+	if s.rewrite {
+		lines = EditLines(lines, s.Name, func(v string) (string, bool, bool) {
+			tok, orig, ok := SplitRouted(v)
+			if !ok {
+				return v, true, false
+			}
+			consider(tok)
+			return orig, true, true
+		})
+	} else {
+		EachValue(lines, s.Name, func(v string) bool {
+			consider(v)
+			return !st.valid
+		})
+		if !s.ForwardCookie {
+			lines = EditLines(lines, s.Name, func(string) (string, bool, bool) { return "", false, true })
+		}
+	}
+	if len(lines) == 0 {
+		delete(r.Header, "Cookie")
+	} else {
+		r.Header["Cookie"] = lines
+	}
+}
+
+// setCookie sets the insert-mode cookie on the response, replacing one an
+// earlier attempt of this request set, so the client gets exactly one.
+func (s *StickyCookie) setCookie(w http.ResponseWriter, r *http.Request, t affinity.Token) {
+	h := w.Header()
+	removeSetCookie(h, s.Name)
+	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	var buf [256]byte
+	b := s.keys.AppendToken(buf[:0], t)
+	val := string(b)
+	line := s.attrs.AppendSetCookie(b[:0:0], s.Name, val, secureRequest(r, trusted))
+	h["Set-Cookie"] = append(h["Set-Cookie"], string(line))
+}
+
+// removeSetCookie removes the Set-Cookie lines for cookie name.
+func removeSetCookie(h http.Header, name string) {
+	lines := h["Set-Cookie"]
+	out := lines[:0]
+	for _, l := range lines {
+		if SetCookieName(l) != name {
+			out = append(out, l)
+		}
+	}
+	if len(out) == 0 {
+		delete(h, "Set-Cookie")
+	} else {
+		h["Set-Cookie"] = out
+	}
+}
+
+// routeToken is the rewrite-mode token for the request's last selection.
+func (st *reqState) routeToken() string {
+	var buf [64]byte
+	return string(st.policy.keys.AppendToken(buf[:0], affinity.Token{
+		Kind: affinity.KindRoute, Upstream: st.chosenID, Issued: st.issued,
+	}))
+}
+
+func (s *StickyCookie) logDecision(r *http.Request, upstream string, res affinity.Result, reason affinity.Reason, msg string) {
+	c := s.logger.Check(zapcore.DebugLevel, "affinity decision")
+	if c == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("policy", PolicyName),
+		zap.String("cookie", s.Name),
+		zap.String("upstream", upstream),
+		zap.String("result", res.String()),
+	}
+	if reason != affinity.ReasonNone {
+		fields = append(fields, zap.String("reason", reason.String()))
+	}
+	if msg != "" {
+		fields = append(fields, zap.String("detail", msg))
+	}
+	c.Write(fields...)
+}
+
+// Interface guards
+var (
+	_ reverseproxy.Selector = (*StickyCookie)(nil)
+	_ caddy.Provisioner     = (*StickyCookie)(nil)
+	_ caddy.Validator       = (*StickyCookie)(nil)
+)

@@ -1,0 +1,92 @@
+package cookie
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// StorageKey is where the generated key lives in Caddy's storage.
+const StorageKey = "caddy-affinity/secret.key"
+
+// minSecretLen is the shortest secret accepted without a warning.
+const minSecretLen = 16
+
+// loadKeys returns the configured secrets with placeholders replaced, or,
+// when none is configured, the key kept in Caddy's storage, created on first
+// use. Error messages name the secret by position, never by value.
+func loadKeys(ctx caddy.Context, secrets []string) ([][]byte, error) {
+	if len(secrets) == 0 {
+		key, err := storedKey(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("secrets: none configured and the generated key could not be loaded from storage: %v", err)
+		}
+		return [][]byte{key}, nil
+	}
+	repl := caddy.NewReplacer()
+	keys := make([][]byte, 0, len(secrets))
+	for i, s := range secrets {
+		v, err := repl.ReplaceOrErr(s, true, true)
+		if err != nil {
+			return nil, fmt.Errorf("secrets: secret %d: %v", i+1, err)
+		}
+		if v == "" {
+			return nil, fmt.Errorf("secrets: secret %d is empty", i+1)
+		}
+		if len(v) < minSecretLen {
+			ctx.Logger().Warn("affinity secret is short; use at least 16 random bytes", zap.Int("secret", i+1))
+		}
+		keys = append(keys, []byte(v))
+	}
+	return keys, nil
+}
+
+// storedKey loads the generated key from storage, creating it under the
+// storage lock so that instances sharing the storage agree on one key.
+func storedKey(ctx caddy.Context) ([]byte, error) {
+	st := ctx.Storage()
+	if st == nil {
+		return nil, errors.New("no storage configured")
+	}
+	if key, err := parseStoredKey(st.Load(ctx, StorageKey)); err == nil {
+		return key, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if err := st.Lock(ctx, StorageKey); err != nil {
+		return nil, fmt.Errorf("locking %s: %v", StorageKey, err)
+	}
+	defer func() { _ = st.Unlock(ctx, StorageKey) }()
+	if key, err := parseStoredKey(st.Load(ctx, StorageKey)); err == nil {
+		return key, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	text := base64.RawStdEncoding.EncodeToString(raw)
+	if err := st.Store(ctx, StorageKey, []byte(text+"\n")); err != nil {
+		return nil, fmt.Errorf("storing %s: %v", StorageKey, err)
+	}
+	ctx.Logger().Info("generated a new affinity key and stored it", zap.String("storage_key", StorageKey))
+	return []byte(text), nil
+}
+
+func parseStoredKey(data []byte, err error) ([]byte, error) {
+	if err != nil {
+		return nil, err
+	}
+	text := strings.TrimSpace(string(data))
+	if len(text) < minSecretLen {
+		return nil, fmt.Errorf("%s in storage is too short or corrupt", StorageKey)
+	}
+	return []byte(text), nil
+}
