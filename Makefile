@@ -1,0 +1,41 @@
+# caddy-affinity: `make demo` and `make test` are the quick start.
+GO      ?= go
+CADDY   := bin/caddy
+SOURCES := $(shell find . -name '*.go' -not -path './bin/*') go.mod go.sum
+
+# The integration tests, the demo and the benchmarks share one Caddy build.
+export AFFINITY_CADDY := $(CURDIR)/$(CADDY)
+
+.PHONY: demo test caddy deps vet fmt-check unit fuzz bench soak clean
+
+## demo: build Caddy with the plugin and run examples/demo/Caddyfile
+demo: $(CADDY)
+	@echo "Try: curl -si -c jar -b jar localhost:8080/   (insert mode)"
+	@echo "     curl -si -c jar -b jar localhost:8081/   (rewrite mode)"
+	$(CADDY) run --config examples/demo/Caddyfile --adapter caddyfile
+
+## test: vet, formatting, and every test (unit, fuzz seeds, integration) with -race
+test: $(CADDY) deps vet fmt-check
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+## caddy: build bin/caddy through xcaddy's Go package
+caddy: $(CADDY)
+$(CADDY): $(SOURCES)
+	$(GO) run ./integration/buildcaddy -o $(CADDY)
+
+deps:
+	@./scripts/install-deps.sh
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## unit: the fast tests only (no Caddy binary)
+unit:
+	$(GO) test -race -count=1 ./affinity/... ./cookie/... ./caddyfile/...
+
+clean:
+	rm -rf bin
