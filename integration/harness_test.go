@@ -245,7 +245,7 @@ type backend struct {
 	mu    sync.Mutex
 	srv   *http.Server
 	seen  []string // Cookie headers received
-	extra func(w http.ResponseWriter, r *http.Request)
+	extra func(w http.ResponseWriter, r *http.Request) (handled bool)
 }
 
 func newBackend(t testing.TB, name string) *backend {
@@ -267,8 +267,8 @@ func (b *backend) serve(ln net.Listener) {
 		b.mu.Lock()
 		b.seen = append(b.seen, strings.Join(r.Header["Cookie"], "; "))
 		b.mu.Unlock()
-		if b.extra != nil {
-			b.extra(w, r)
+		if b.extra != nil && b.extra(w, r) {
+			return
 		}
 		w.Header().Set("X-Backend", b.name)
 		io.WriteString(w, b.name)
