@@ -3,11 +3,16 @@
 // reverse_proxy and the layer4 app, observable and controllable through
 // Caddy's admin API and metrics.
 //
-// Importing this package registers every module, so one
+// Importing this package registers every module, and the layer4 app with
+// all of caddy-l4's modules, so one
 // `xcaddy build --with github.com/caddy-affinity/caddy-affinity` is enough.
 package caddyaffinity
 
 import (
 	// Cookie affinity: sticky_cookie and the affinity handler.
 	_ "github.com/caddy-affinity/caddy-affinity/cookie"
+	// Client-IP affinity for the layer4 app.
+	_ "github.com/caddy-affinity/caddy-affinity/l4"
+	// The layer4 app itself, with every caddy-l4 module.
+	_ "github.com/mholt/caddy-l4"
 )

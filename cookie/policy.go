@@ -202,6 +202,10 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("secrets: %v", err)
 	}
+	if err := affinity.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	RegisterParentUpstreams(ctx, PolicyName)
 	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
 	s.pools.Build = func(addrs []string) *poolState {
 		ps := &poolState{index: s.keys.NewIndex(addrs), counters: make([]*affinity.Counters, len(addrs))}
@@ -564,7 +568,11 @@ func (st *reqState) routeToken() string {
 }
 
 func (s *StickyCookie) logDecision(r *http.Request, upstream string, res affinity.Result, reason affinity.Reason, msg string) {
-	c := s.logger.Check(zapcore.DebugLevel, "affinity decision")
+	level := zapcore.DebugLevel
+	if res == affinity.ResultRebind {
+		level = zapcore.InfoLevel
+	}
+	c := s.logger.Check(level, "affinity decision")
 	if c == nil {
 		return
 	}
@@ -589,3 +597,21 @@ var (
 	_ caddy.Provisioner     = (*StickyCookie)(nil)
 	_ caddy.Validator       = (*StickyCookie)(nil)
 )
+
+// RegisterParentUpstreams makes the static upstreams of the reverse_proxy
+// handler that loads a policy known to the admin API at once (so they can
+// be drained before any traffic), under policy kind policy. The handler is
+// the provisioning context's parent module.
+func RegisterParentUpstreams(ctx caddy.Context, policy string) {
+	mods := ctx.Modules()
+	for i := len(mods) - 1; i >= 0; i-- {
+		if h, ok := mods[i].(*reverseproxy.Handler); ok {
+			for _, u := range h.Upstreams {
+				if u != nil && u.Dial != "" && !strings.Contains(u.Dial, "{") {
+					affinity.CountersFor(policy, u.Dial)
+				}
+			}
+			return
+		}
+	}
+}

@@ -1,0 +1,204 @@
+package caddyaffinity
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+)
+
+func init() {
+	caddy.RegisterModule(adminAffinity{})
+}
+
+// adminAffinity serves the affinity endpoints of Caddy's admin API. Admin
+// modules get no config and are made anew on every load, so everything they
+// show lives in package affinity, which policies write to.
+type adminAffinity struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAffinity) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.affinity",
+		New: func() caddy.Module { return new(adminAffinity) },
+	}
+}
+
+// Routes returns the admin routes of the affinity endpoints.
+func (a adminAffinity) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/affinity/upstreams", Handler: caddy.AdminHandlerFunc(a.handleUpstreams)},
+		{Pattern: "/affinity/upstreams/drain", Handler: caddy.AdminHandlerFunc(a.handleDrain(true))},
+		{Pattern: "/affinity/upstreams/undrain", Handler: caddy.AdminHandlerFunc(a.handleDrain(false))},
+		{Pattern: "/affinity/sessions", Handler: caddy.AdminHandlerFunc(a.handleSessions)},
+	}
+}
+
+// UpstreamStatus is one element of GET /affinity/upstreams.
+type UpstreamStatus struct {
+	Address  string         `json:"address"`
+	Policies []string       `json:"policies"`
+	Draining bool           `json:"draining"`
+	Sessions int            `json:"sessions"`
+	Hits     uint64         `json:"hits"`
+	New      uint64         `json:"new"`
+	Rebinds  uint64         `json:"rebinds"`
+	Rejected map[string]any `json:"rejected"`
+}
+
+func (adminAffinity) handleUpstreams(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return methodNotAllowed(w, http.MethodGet)
+	}
+	byAddr := map[string]*UpstreamStatus{}
+	get := func(addr string) *UpstreamStatus {
+		u := byAddr[addr]
+		if u == nil {
+			u = &UpstreamStatus{Address: addr, Policies: []string{}, Rejected: map[string]any{"total": uint64(0)}}
+			byAddr[addr] = u
+		}
+		return u
+	}
+	affinity.EachCounters(func(policy, addr string, c *affinity.Counters) {
+		u := get(addr)
+		u.Policies = append(u.Policies, policy)
+		u.Hits += c.Count(affinity.ResultHit)
+		u.New += c.Count(affinity.ResultNew)
+		u.Rebinds += c.Count(affinity.ResultRebind)
+		u.Rejected["total"] = u.Rejected["total"].(uint64) + c.Count(affinity.ResultRejected)
+		for _, reason := range affinity.Reasons() {
+			if n := c.RejectedBy(reason); n > 0 {
+				prev, _ := u.Rejected[reason.String()].(uint64)
+				u.Rejected[reason.String()] = prev + n
+			}
+		}
+	})
+	for addr, n := range affinity.SessionsByUpstream() {
+		get(addr).Sessions = n
+	}
+	for _, addr := range affinity.DrainingList() {
+		get(addr).Draining = true
+	}
+	out := make([]*UpstreamStatus, 0, len(byAddr))
+	for _, u := range byAddr {
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return writeJSON(w, out)
+}
+
+// drainRequest is the body of the drain and undrain endpoints.
+type drainRequest struct {
+	Address string `json:"address"`
+}
+
+func (adminAffinity) handleDrain(on bool) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method != http.MethodPost {
+			return methodNotAllowed(w, http.MethodPost)
+		}
+		var req drainRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest,
+				Err: fmt.Errorf(`body must be JSON like {"address": "10.0.0.1:8080"}: %v`, err)}
+		}
+		req.Address = strings.TrimSpace(req.Address)
+		if req.Address == "" {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`"address" is required`)}
+		}
+		if !affinity.Known(req.Address) && !affinity.IsDraining(req.Address) {
+			return caddy.APIError{HTTPStatus: http.StatusNotFound,
+				Err: fmt.Errorf("no affinity policy knows upstream %q; addresses are the upstreams' dial addresses as GET /affinity/upstreams lists them", req.Address)}
+		}
+		changed := affinity.SetDraining(req.Address, on)
+		if changed {
+			caddy.Log().Named("admin.api.affinity").Info("upstream draining changed",
+				zap.String("upstream", req.Address), zap.Bool("draining", on))
+		}
+		return writeJSON(w, map[string]any{"address": req.Address, "draining": on, "changed": changed})
+	}
+}
+
+// SessionEntry is one element of GET /affinity/sessions.
+type SessionEntry struct {
+	Policy   string    `json:"policy"`
+	Client   string    `json:"client"`
+	Upstream string    `json:"upstream"`
+	LastSeen time.Time `json:"last_seen"`
+}
+
+func (adminAffinity) handleSessions(w http.ResponseWriter, r *http.Request) error {
+	switch r.Method {
+	case http.MethodGet:
+		limit, offset := 100, 0
+		var err error
+		if v := r.URL.Query().Get("limit"); v != "" {
+			if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > 10000 {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("limit must be a whole number from 1 to 10000, got %q", v)}
+			}
+		}
+		if v := r.URL.Query().Get("offset"); v != "" {
+			if offset, err = strconv.Atoi(v); err != nil || offset < 0 {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("offset must be a whole number from 0, got %q", v)}
+			}
+		}
+		out := []SessionEntry{}
+		total := 0
+		affinity.EachTable(func(policy string, t *affinity.SessionTable) {
+			n := t.Len()
+			total += n
+			if len(out) >= limit {
+				return
+			}
+			if offset >= n {
+				offset -= n
+				return
+			}
+			for _, s := range t.Page(offset, limit-len(out)) {
+				out = append(out, SessionEntry{Policy: policy, Client: s.Key.String(), Upstream: affinity.UpstreamName(s.ID), LastSeen: s.LastSeen.UTC()})
+			}
+			offset = 0
+		})
+		w.Header().Set("X-Total-Count", strconv.Itoa(total))
+		return writeJSON(w, out)
+	case http.MethodDelete:
+		flushed := 0
+		affinity.EachTable(func(_ string, t *affinity.SessionTable) {
+			flushed += t.Len()
+			t.Flush()
+		})
+		caddy.Log().Named("admin.api.affinity").Info("session tables flushed", zap.Int("entries", flushed))
+		return writeJSON(w, map[string]int{"flushed": flushed})
+	default:
+		return methodNotAllowed(w, http.MethodGet, http.MethodDelete)
+	}
+}
+
+func methodNotAllowed(w http.ResponseWriter, allowed ...string) error {
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed,
+		Err: fmt.Errorf("method not allowed; use %s", strings.Join(allowed, " or "))}
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
+	}
+	return nil
+}
+
+// Interface guards
+var _ caddy.AdminRouter = (*adminAffinity)(nil)

@@ -1,0 +1,259 @@
+package affinity
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"strings"
+)
+
+// Default prefix lengths of client keys: each IPv4 address is its own
+// client, and an IPv6 client is its /64, the usual size of one subscriber's
+// network (privacy addresses rotate within it).
+const (
+	DefaultIPv4Bits = 32
+	DefaultIPv6Bits = 64
+)
+
+// ClientKey identifies a client for affinity: its address masked to a
+// prefix. It is a small comparable value, usable as a map key. The zero
+// value is the invalid key that MaskClient returns for an invalid address.
+type ClientKey struct {
+	addr [16]byte // masked address; an IPv4 one in addr[:4]
+	bits uint8    // prefix length
+	fam  uint8    // 4, 6, or 0 for invalid
+}
+
+// MaskClient returns the key of the client at ip: the address masked to
+// v4bits if it is IPv4 (including IPv4-mapped IPv6, ::ffff:a.b.c.d) or to
+// v6bits otherwise. Its zone is ignored. A prefix length of zero or less
+// selects the default (DefaultIPv4Bits, DefaultIPv6Bits); one beyond the
+// address length means the whole address.
+func MaskClient(ip netip.Addr, v4bits, v6bits int) ClientKey {
+	switch {
+	case !ip.IsValid():
+		return ClientKey{}
+	case ip.Is4() || ip.Is4In6():
+		return makeKey4(ip.Unmap().As4(), clampBits(v4bits, DefaultIPv4Bits, 32))
+	default:
+		return makeKey6(ip.As16(), clampBits(v6bits, DefaultIPv6Bits, 128))
+	}
+}
+
+func clampBits(b, def, max int) int {
+	if b <= 0 {
+		return def
+	}
+	return min(b, max)
+}
+
+// makeKey4 returns the key of a masked to its first n bits (0 <= n <= 32).
+func makeKey4(a [4]byte, n int) ClientKey {
+	k := ClientKey{bits: uint8(n), fam: 4}
+	v := binary.BigEndian.Uint32(a[:]) & ^(^uint32(0) >> n) // >> 32 is 0 in Go
+	binary.BigEndian.PutUint32(k.addr[:4], v)
+	return k
+}
+
+// makeKey6 returns the key of a masked to its first n bits (0 <= n <= 128).
+func makeKey6(a [16]byte, n int) ClientKey {
+	k := ClientKey{bits: uint8(n), fam: 6}
+	hi, lo := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
+	if n <= 64 {
+		hi &= ^(^uint64(0) >> n)
+		lo = 0
+	} else {
+		lo &= ^(^uint64(0) >> (n - 64))
+	}
+	binary.BigEndian.PutUint64(k.addr[:8], hi)
+	binary.BigEndian.PutUint64(k.addr[8:], lo)
+	return k
+}
+
+// ClientKeyFromPrefix returns the key of the clients in p: its address
+// masked to its length. An IPv4-mapped IPv6 prefix of length 96 or more is
+// taken as the IPv4 prefix it maps. It returns the invalid key if p is
+// invalid.
+func ClientKeyFromPrefix(p netip.Prefix) ClientKey {
+	if !p.IsValid() {
+		return ClientKey{}
+	}
+	ip, n := p.Addr(), p.Bits()
+	if ip.Is4In6() && n >= 96 {
+		ip, n = ip.Unmap(), n-96
+	}
+	if ip.Is4() {
+		return makeKey4(ip.As4(), n)
+	}
+	return makeKey6(ip.As16(), n)
+}
+
+// ParseClientKey parses the form String returns, a prefix like
+// "10.1.2.0/24" or "2001:db8::/64" (host bits are cleared), or a bare
+// address, taken as a full-length prefix. It is meant for admin requests
+// naming a session.
+func ParseClientKey(s string) (ClientKey, error) {
+	s = strings.TrimSpace(s)
+	if strings.IndexByte(s, '/') >= 0 {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return ClientKey{}, err
+		}
+		return ClientKeyFromPrefix(p), nil
+	}
+	ip, ok := ParseHostAddr(s)
+	if !ok {
+		return ClientKey{}, errors.New("affinity: invalid client key " + quoteShort(s))
+	}
+	return ClientKeyFromPrefix(netip.PrefixFrom(ip, ip.BitLen())), nil
+}
+
+// quoteShort quotes s for an error message, shortened so garbage input
+// cannot blow up logs.
+func quoteShort(s string) string {
+	const maxLen = 64
+	if len(s) > maxLen {
+		s = s[:maxLen] + "..."
+	}
+	return `"` + strings.ToValidUTF8(s, "?") + `"`
+}
+
+// IsValid reports whether k is the key of a client address.
+func (k ClientKey) IsValid() bool { return k.fam != 0 }
+
+// Is4 reports whether k is an IPv4 key.
+func (k ClientKey) Is4() bool { return k.fam == 4 }
+
+// Bits returns the prefix length of k, or -1 if it is invalid.
+func (k ClientKey) Bits() int {
+	if k.fam == 0 {
+		return -1
+	}
+	return int(k.bits)
+}
+
+// Addr returns the masked address of k (the zero Addr if k is invalid).
+func (k ClientKey) Addr() netip.Addr {
+	switch k.fam {
+	case 4:
+		return netip.AddrFrom4([4]byte(k.addr[:4]))
+	case 6:
+		return netip.AddrFrom16(k.addr)
+	}
+	return netip.Addr{}
+}
+
+// Prefix returns k as a prefix, such as 10.1.2.0/24 (the zero Prefix if k
+// is invalid).
+func (k ClientKey) Prefix() netip.Prefix {
+	if k.fam == 0 {
+		return netip.Prefix{}
+	}
+	return netip.PrefixFrom(k.Addr(), int(k.bits))
+}
+
+// String returns k as a prefix, such as "10.1.2.0/24" or "2001:db8::/64",
+// or "invalid" for the invalid key.
+func (k ClientKey) String() string {
+	if k.fam == 0 {
+		return "invalid"
+	}
+	return k.Prefix().String()
+}
+
+// MarshalText implements encoding.TextMarshaler (JSON uses it, so keys
+// print as prefixes in admin responses).
+func (k ClientKey) MarshalText() ([]byte, error) {
+	if k.fam == 0 {
+		return []byte{}, nil
+	}
+	return k.Prefix().AppendTo(nil), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler with ParseClientKey;
+// empty text is the invalid key.
+func (k *ClientKey) UnmarshalText(text []byte) error {
+	if len(text) == 0 {
+		*k = ClientKey{}
+		return nil
+	}
+	v, err := ParseClientKey(string(text))
+	if err != nil {
+		return err
+	}
+	*k = v
+	return nil
+}
+
+// Hash returns the hash to look k up in a Table: xxHash64 with fixed seeds
+// of k's masked address, prefix length and family. It is the same in every
+// process, so every instance and both proxies route k alike.
+func (k ClientKey) Hash() uint64 {
+	// Whole 64-bit words through the inlined xxh64: no call, no buffer.
+	meta := uint64(k.bits)<<8 | uint64(k.fam)
+	switch k.fam {
+	case 4:
+		return xxh64Uint64(uint64(binary.BigEndian.Uint32(k.addr[:4]))<<16|meta, 0)
+	case 6:
+		hi, lo := binary.BigEndian.Uint64(k.addr[:8]), binary.BigEndian.Uint64(k.addr[8:])
+		return xxh64Uint64(lo, xxh64Uint64(hi, meta))
+	}
+	return xxh64Uint64(0, 0)
+}
+
+// ParseHostAddr parses the IP address of a "host:port", "[host]:port",
+// "[host]" or bare address string, such as a connection's remote address.
+// It strips an IPv6 zone and unmaps IPv4-mapped IPv6 addresses. It reports
+// false for anything else: host names, Unix socket paths, garbage.
+func ParseHostAddr(s string) (netip.Addr, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return netip.Addr{}, false
+	}
+	host := s
+	switch {
+	case s[0] == '[':
+		end := strings.IndexByte(s, ']')
+		if end < 0 || !validPort(s[end+1:], true) {
+			return netip.Addr{}, false
+		}
+		host = s[1:end]
+	case strings.Count(s, ":") == 1:
+		// IPv4 (or a name) with a port; IPv6 has at least two colons.
+		i := strings.IndexByte(s, ':')
+		if !validPort(s[i:], false) {
+			return netip.Addr{}, false
+		}
+		host = s[:i]
+	}
+	if strings.IndexByte(host, ':') >= 0 {
+		if i := strings.IndexByte(host, '%'); i >= 0 {
+			host = host[:i]
+		}
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ip.Unmap(), true
+}
+
+// validPort reports whether rest is ":" followed by a decimal port of at
+// most 65535 (an empty port is accepted, as net.SplitHostPort does), or is
+// empty when optional.
+func validPort(rest string, optional bool) bool {
+	if rest == "" {
+		return optional
+	}
+	if rest[0] != ':' || len(rest) > 6 {
+		return false
+	}
+	n := 0
+	for _, c := range rest[1:] {
+		if c < '0' || c > '9' {
+			return false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n <= 65535
+}

@@ -1,0 +1,93 @@
+package affinity
+
+import (
+	"time"
+)
+
+// Defaults of IP affinity.
+const (
+	DefaultIPv4Prefix = 32
+	DefaultIPv6Prefix = 64
+)
+
+// IPOptions configure client-IP affinity, the same for HTTP and layer4.
+type IPOptions struct {
+	IPv4Prefix     int
+	IPv6Prefix     int
+	BalanceFactor  float64 // bounded loads; 0 disables
+	PersistTimeout time.Duration
+	MaxSessions    int
+}
+
+// IPPool is what IP affinity derives from one pool of upstreams: the
+// consistent-hash table, the upstreams' session IDs and their counters.
+type IPPool struct {
+	Table    *Table
+	IDs      []uint64
+	Counters []*Counters
+	Addrs    []string
+}
+
+// NewIPPool builds the state of a pool for policy kind policy.
+func NewIPPool(policy string, addrs []string) *IPPool {
+	p := &IPPool{Table: NewTable(addrs), IDs: make([]uint64, len(addrs)), Counters: make([]*Counters, len(addrs)), Addrs: addrs}
+	for i, a := range addrs {
+		p.IDs[i] = NameUpstream(a)
+		p.Counters[i] = CountersFor(policy, a)
+	}
+	return p
+}
+
+// ChooseIP picks the upstream for client k: its session's upstream while
+// that is available, else the consistent-hash choice among available
+// upstreams that are not draining (with bounded loads when configured),
+// which is then remembered. avail reports whether the upstream at index i
+// can take a request now; load gives its in-flight count (nil when bounded
+// loads are off). It returns -1 when no upstream is available.
+func ChooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now time.Time,
+	avail func(i int) bool, load func(i int) int) (int, Result) {
+	had := false
+	if sessions != nil {
+		if id, ok := sessions.Get(k, now); ok {
+			had = true
+			if i := p.Table.IndexOf(id); i >= 0 && avail(i) {
+				p.Counters[i].Record(ResultHit, ReasonNone)
+				return i, ResultHit
+			}
+		}
+	}
+	h := k.Hash()
+	accept := avail
+	if AnyDraining() {
+		accept = func(i int) bool { return avail(i) && !IsDraining(p.Addrs[i]) }
+	}
+	var i int
+	if o.BalanceFactor > 0 && load != nil {
+		i = p.Table.LookupBounded(h, o.BalanceFactor, load, accept)
+	} else {
+		i = p.Table.LookupFunc(h, accept)
+	}
+	if i < 0 && AnyDraining() {
+		// Only draining upstreams are left: serve rather than fail.
+		i = p.Table.LookupFunc(h, avail)
+	}
+	if i < 0 {
+		return -1, ResultRebind
+	}
+	res := ResultNew
+	switch {
+	case had:
+		res = ResultRebind
+	case sessions == nil && i == p.Table.Lookup(h):
+		// Without a table every request is a fresh hash; landing on the
+		// key's own upstream is its "session".
+		res = ResultHit
+	case sessions == nil:
+		res = ResultRebind
+	}
+	if sessions != nil {
+		sessions.Put(k, p.IDs[i], now)
+	}
+	p.Counters[i].Record(res, ReasonNone)
+	return i, res
+}

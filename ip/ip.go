@@ -1,0 +1,226 @@
+// Package ip is the Caddy side of client-IP affinity that the HTTP and the
+// layer4 ip_affinity policies share: their common options, the session
+// tables kept across config reloads, and the Caddyfile syntax of those
+// options. The hashing itself is in package affinity.
+package ip
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+)
+
+// Config holds the options both ip_affinity policies have. It is embedded
+// in each policy, so its fields are theirs in JSON.
+type Config struct {
+	// Prefix length that groups IPv4 clients: clients in one prefix share an
+	// upstream. 32 (the default) is per address; 24 keeps a NAT pool
+	// together.
+	IPv4Prefix int `json:"ipv4_prefix,omitempty"`
+
+	// Prefix length that groups IPv6 clients. Default: 64.
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
+
+	// Bounded loads: with factor c, no upstream takes a new client while it
+	// carries ceil(c × average) or more in-flight requests (HTTP) or
+	// connections (layer4) and another has room. 1.25 to 2 are usual
+	// values. Default: 0, off.
+	BalanceFactor float64 `json:"balance_factor,omitempty"`
+
+	// How long the session table remembers a client's upstream after its
+	// last request: while it keeps coming back it stays there, even when
+	// upstreams are added or the hash would choose differently. Default: 0,
+	// no table (pure consistent hashing).
+	PersistTimeout caddy.Duration `json:"persist_timeout,omitempty"`
+
+	// Bound of the session table in entries; when it is full the least
+	// recently seen client is evicted. Default: 100000.
+	MaxSessions int `json:"max_sessions,omitempty"`
+
+	// Bound of the session table as a memory size in bytes, converted to
+	// entries at the table's measured cost per entry; when set it overrides
+	// max_sessions.
+	MaxSessionsBytes uint64 `json:"max_sessions_bytes,omitempty"`
+
+	opts     affinity.IPOptions
+	sessions *affinity.SessionTable
+	poolKey  string
+}
+
+// DefaultMaxSessions bounds a session table when no bound is configured.
+const DefaultMaxSessions = 100_000
+
+// Options returns the provisioned options.
+func (c *Config) Options() *affinity.IPOptions { return &c.opts }
+
+// Sessions returns the session table, or nil without persist_timeout.
+func (c *Config) Sessions() *affinity.SessionTable { return c.sessions }
+
+// Validate checks the options.
+func (c *Config) Validate() error {
+	if c.IPv4Prefix < 0 || c.IPv4Prefix > 32 {
+		return fmt.Errorf("ipv4_prefix: must be from 1 to 32, got %d", c.IPv4Prefix)
+	}
+	if c.IPv6Prefix < 0 || c.IPv6Prefix > 128 {
+		return fmt.Errorf("ipv6_prefix: must be from 1 to 128, got %d", c.IPv6Prefix)
+	}
+	if c.BalanceFactor != 0 && (c.BalanceFactor <= 1 || math.IsInf(c.BalanceFactor, 0) || math.IsNaN(c.BalanceFactor)) {
+		return fmt.Errorf("balance_factor: must be greater than 1 (e.g. 1.25), got %g", c.BalanceFactor)
+	}
+	if c.PersistTimeout < 0 {
+		return fmt.Errorf("persist_timeout: must not be negative")
+	}
+	if c.MaxSessions < 0 {
+		return fmt.Errorf("max_sessions: must not be negative")
+	}
+	if (c.MaxSessions > 0 || c.MaxSessionsBytes > 0) && c.PersistTimeout == 0 {
+		return fmt.Errorf("max_sessions: bounds the session table, which persist_timeout turns on; set persist_timeout")
+	}
+	return nil
+}
+
+// tables keeps session tables alive across config reloads: a reload
+// provisions the new config before the old one is cleaned up, so a table
+// loaded again under the same key keeps its entries.
+var tables = caddy.NewUsagePool()
+
+type tableValue struct {
+	policy string
+	t      *affinity.SessionTable
+}
+
+// Destruct unregisters the table when no config uses it any more.
+func (v *tableValue) Destruct() error {
+	affinity.UnregisterTable(v.t)
+	return nil
+}
+
+// ordinals numbers the policies of one config load that have the same
+// options, so each gets a table of its own and the same one again on the
+// next load of the same config.
+var ordinals struct {
+	sync.Mutex
+	m map[context.Context]map[string]int
+}
+
+func ordinal(ctx context.Context, key string) int {
+	ordinals.Lock()
+	defer ordinals.Unlock()
+	if ordinals.m == nil {
+		ordinals.m = make(map[context.Context]map[string]int)
+	}
+	if ordinals.m[ctx] == nil {
+		ordinals.m[ctx] = make(map[string]int)
+	}
+	ordinals.m[ctx][key]++
+	return ordinals.m[ctx][key]
+}
+
+func forgetOrdinals(ctx context.Context) {
+	ordinals.Lock()
+	defer ordinals.Unlock()
+	delete(ordinals.m, ctx)
+}
+
+// Provision fills defaults and, with persist_timeout, loads or creates the
+// session table of this policy. policy is the policy kind ("ip_affinity"
+// or "layer4_ip_affinity"). Call Cleanup when the config is unloaded.
+func (c *Config) Provision(ctx caddy.Context, policy string) error {
+	if c.IPv4Prefix == 0 {
+		c.IPv4Prefix = affinity.DefaultIPv4Prefix
+	}
+	if c.IPv6Prefix == 0 {
+		c.IPv6Prefix = affinity.DefaultIPv6Prefix
+	}
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	c.opts = affinity.IPOptions{
+		IPv4Prefix: c.IPv4Prefix, IPv6Prefix: c.IPv6Prefix,
+		BalanceFactor: c.BalanceFactor, PersistTimeout: time.Duration(c.PersistTimeout),
+	}
+	if c.PersistTimeout == 0 {
+		return nil
+	}
+	max := c.MaxSessions
+	if c.MaxSessionsBytes > 0 {
+		max = affinity.EntriesForBytes(c.MaxSessionsBytes)
+	}
+	if max <= 0 {
+		max = DefaultMaxSessions
+	}
+	c.opts.MaxSessions = max
+	key := fmt.Sprintf("%s/v4=%d/v6=%d/ttl=%s/max=%d", policy, c.IPv4Prefix, c.IPv6Prefix, time.Duration(c.PersistTimeout), max)
+	key = fmt.Sprintf("%s#%d", key, ordinal(ctx.Context, key))
+	ctx.OnCancel(func() { forgetOrdinals(ctx.Context) })
+	v, _, err := tables.LoadOrNew(key, func() (caddy.Destructor, error) {
+		t := affinity.NewSessionTable(max, time.Duration(c.PersistTimeout))
+		affinity.RegisterTable(policy, t)
+		return &tableValue{policy: policy, t: t}, nil
+	})
+	if err != nil {
+		return err
+	}
+	c.sessions = v.(*tableValue).t
+	c.poolKey = key
+	go c.sweep(ctx)
+	return nil
+}
+
+// sweep drops expired entries in the background, so an idle table gives
+// its memory back and the admin API counts only live sessions.
+func (c *Config) sweep(ctx caddy.Context) {
+	every := time.Duration(c.PersistTimeout) / 2
+	every = min(max(every, time.Second), time.Minute)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			c.sessions.Sweep(now)
+		}
+	}
+}
+
+// Cleanup releases the session table.
+func (c *Config) Cleanup() error {
+	if c.poolKey != "" {
+		_, err := tables.Delete(c.poolKey)
+		return err
+	}
+	return nil
+}
+
+// UnmarshalOption parses the shared option under the dispenser's cursor. It
+// reports whether the option is one of them.
+func (c *Config) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
+	var err error
+	switch d.Val() {
+	case "ipv4_prefix":
+		c.IPv4Prefix, err = parse.Int(d, 1, 32)
+	case "ipv6_prefix":
+		c.IPv6Prefix, err = parse.Int(d, 1, 128)
+	case "balance_factor":
+		c.BalanceFactor, err = parse.Float(d, 1.0000001, 100)
+		if err != nil {
+			err = d.Errf("balance_factor: expected a number greater than 1 (e.g. 1.25), got '%s'", d.Val())
+		}
+	case "persist_timeout":
+		c.PersistTimeout, err = parse.Duration(d)
+	case "max_sessions":
+		c.MaxSessions, c.MaxSessionsBytes, err = parse.CountOrSize(d)
+	default:
+		return false, nil
+	}
+	return true, err
+}

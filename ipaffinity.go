@@ -1,0 +1,203 @@
+package caddyaffinity
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+	"github.com/caddy-affinity/caddy-affinity/cookie"
+	"github.com/caddy-affinity/caddy-affinity/ip"
+)
+
+func init() {
+	caddy.RegisterModule(new(IPAffinity))
+}
+
+// IPPolicyName labels the HTTP ip_affinity policy's counters and metrics.
+const IPPolicyName = "ip_affinity"
+
+// IPAffinity is a selection policy that keeps each client IP (or prefix)
+// on one upstream by consistent hashing, with O(1) lookups, bounded loads
+// and an optional session table. It agrees with the layer4 ip_affinity
+// policy: the same client and the same upstream addresses give the same
+// upstream in both, and in every Caddy instance.
+type IPAffinity struct {
+	// Which address identifies the client: `client` (default) is Caddy's
+	// client IP, which honours the server's trusted_proxies (so a
+	// forwarded-for header counts only from a trusted proxy); `remote` is
+	// the TCP peer.
+	Source string `json:"source,omitempty"`
+
+	ip.Config
+
+	// The selection policy used when the hash finds no available upstream,
+	// or the client address cannot be parsed. Default: none.
+	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
+
+	fallback reverseproxy.Selector
+	pools    affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
+	logger   *zap.Logger
+	now      func() time.Time
+}
+
+// CaddyModule returns the Caddy module information.
+func (*IPAffinity) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.selection_policies.ip_affinity",
+		New: func() caddy.Module { return new(IPAffinity) },
+	}
+}
+
+// Provision sets up s.
+func (s *IPAffinity) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.Source == "" {
+		s.Source = "client"
+	}
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := s.Config.Provision(ctx, IPPolicyName); err != nil {
+		return err
+	}
+	if s.FallbackRaw != nil {
+		mod, err := ctx.LoadModule(s, "FallbackRaw")
+		if err != nil {
+			return fmt.Errorf("loading fallback selection policy: %v", err)
+		}
+		s.fallback = mod.(reverseproxy.Selector)
+	}
+	if err := affinity.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	cookie.RegisterParentUpstreams(ctx, IPPolicyName)
+	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
+	s.pools.Build = func(addrs []string) *affinity.IPPool { return affinity.NewIPPool(IPPolicyName, addrs) }
+	return nil
+}
+
+// Validate checks s.
+func (s *IPAffinity) Validate() error {
+	switch s.Source {
+	case "", "client", "remote":
+	default:
+		return fmt.Errorf("source: must be client or remote, got %q", s.Source)
+	}
+	return s.Config.Validate()
+}
+
+// Cleanup releases the session table.
+func (s *IPAffinity) Cleanup() error { return s.Config.Cleanup() }
+
+// Select returns the upstream of the request's client.
+func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	if len(pool) == 0 {
+		return nil
+	}
+	addr, ok := affinity.ParseHostAddr(s.clientAddr(r))
+	if !ok {
+		return s.fallbackSelect(pool, r, w)
+	}
+	k := affinity.MaskClient(addr, s.IPv4Prefix, s.IPv6Prefix)
+	p := s.pools.Get(pool)
+	var load func(int) int
+	if s.BalanceFactor > 0 {
+		load = func(i int) int { return pool[i].NumRequests() }
+	}
+	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, s.now(),
+		func(i int) bool { return pool[i].Available() }, load)
+	if i < 0 {
+		return s.fallbackSelect(pool, r, w)
+	}
+	level := zapcore.DebugLevel
+	if res == affinity.ResultRebind {
+		level = zapcore.InfoLevel
+	}
+	if c := s.logger.Check(level, "affinity decision"); c != nil {
+		c.Write(zap.String("policy", IPPolicyName), zap.String("client", k.String()),
+			zap.String("upstream", pool[i].Dial), zap.String("result", res.String()))
+	}
+	return pool[i]
+}
+
+func (s *IPAffinity) fallbackSelect(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	if s.fallback == nil {
+		return nil
+	}
+	return s.fallback.Select(pool, r, w)
+}
+
+// clientAddr is the address that identifies the client.
+func (s *IPAffinity) clientAddr(r *http.Request) string {
+	if s.Source != "remote" {
+		if v, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && v != "" {
+			return v
+		}
+	}
+	return r.RemoteAddr
+}
+
+// UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
+//
+//	lb_policy ip_affinity {
+//		source          client|remote
+//		ipv4_prefix     <bits>
+//		ipv6_prefix     <bits>
+//		balance_factor  <float>
+//		persist_timeout <duration>
+//		max_sessions    <count|size>
+//		fallback        <policy> [<args...>] [{ ... }]
+//	}
+func (s *IPAffinity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume policy name
+	if d.NextArg() {
+		return d.Errf("ip_affinity: takes no arguments, got '%s'; options go in a block", d.Val())
+	}
+	seen := parse.Options{}
+	for d.NextBlock(0) {
+		if err := seen.Start(d); err != nil {
+			return err
+		}
+		if ok, err := s.Config.UnmarshalOption(d); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		var err error
+		switch d.Val() {
+		case "source":
+			s.Source, err = parse.Enum(d, "client", "remote")
+		case "fallback":
+			s.FallbackRaw, err = parse.Module(d, "http.reverse_proxy.selection_policies", "policy")
+		default:
+			return parse.Unknown(d)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ reverseproxy.Selector = (*IPAffinity)(nil)
+	_ caddy.Provisioner     = (*IPAffinity)(nil)
+	_ caddy.Validator       = (*IPAffinity)(nil)
+	_ caddy.CleanerUpper    = (*IPAffinity)(nil)
+	_ caddyfile.Unmarshaler = (*IPAffinity)(nil)
+)

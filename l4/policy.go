@@ -1,0 +1,251 @@
+// Package l4 is client-IP affinity for the layer4 app (caddy-l4): the
+// layer4.proxy.selection_policies.ip_affinity policy. It shares its hash,
+// its options and its session tables with the HTTP ip_affinity policy, so
+// both send a client to the same upstream.
+package l4
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/mholt/caddy-l4/layer4"
+	"github.com/mholt/caddy-l4/modules/l4proxy"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+	"github.com/caddy-affinity/caddy-affinity/ip"
+)
+
+func init() {
+	caddy.RegisterModule(new(IPAffinity))
+}
+
+// PolicyName labels the layer4 policy's counters and metrics.
+const PolicyName = "layer4_ip_affinity"
+
+// IPAffinity is a layer4 selection policy that keeps each client IP (or
+// prefix) on one upstream by consistent hashing, as the HTTP ip_affinity
+// policy does and with the same result for the same client and upstreams.
+// The client is the connection's remote address, which caddy-l4's
+// proxy_protocol handler sets when it runs first.
+type IPAffinity struct {
+	ip.Config
+
+	// The selection policy used when the hash finds no available upstream.
+	// Default: none.
+	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=layer4.proxy.selection_policies inline_key=policy"`
+
+	fallback l4proxy.Selector
+	pools    affinity.PoolCache[*l4proxy.Upstream, *pool]
+	conns    *prometheus.GaugeVec
+	logger   *zap.Logger
+	now      func() time.Time
+}
+
+// pool is the policy's state for one pool of upstreams.
+type pool struct {
+	*affinity.IPPool
+	gauges []prometheus.Gauge // open connections per upstream, for bounded loads
+}
+
+// CaddyModule returns the Caddy module information.
+func (*IPAffinity) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "layer4.proxy.selection_policies.ip_affinity",
+		New: func() caddy.Module { return new(IPAffinity) },
+	}
+}
+
+// Provision sets up s.
+func (s *IPAffinity) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if err := s.Config.Provision(ctx, PolicyName); err != nil {
+		return err
+	}
+	if s.FallbackRaw != nil {
+		mod, err := ctx.LoadModule(s, "FallbackRaw")
+		if err != nil {
+			return fmt.Errorf("loading fallback selection policy: %v", err)
+		}
+		s.fallback = mod.(l4proxy.Selector)
+	}
+	reg := ctx.GetMetricsRegistry()
+	if err := affinity.RegisterMetrics(reg); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	if s.BalanceFactor > 0 {
+		// caddy-l4 exports no connection count, but its proxy keeps one in
+		// this gauge of the config's registry; reuse that very collector.
+		g, err := activeConnections(reg)
+		if err != nil {
+			return fmt.Errorf("balance_factor: %v", err)
+		}
+		s.conns = g
+	}
+	registerParentUpstreams(ctx)
+	s.pools.Addr = func(u *l4proxy.Upstream) string { return u.String() }
+	s.pools.Build = func(addrs []string) *pool {
+		p := &pool{IPPool: affinity.NewIPPool(PolicyName, addrs)}
+		if s.conns != nil {
+			for _, a := range addrs {
+				p.gauges = append(p.gauges, s.conns.WithLabelValues(a))
+			}
+		}
+		return p
+	}
+	return nil
+}
+
+// activeConnections returns caddy-l4's caddy_layer4_proxy_active_connections
+// collector of reg, registering an identical one if the proxy has not yet.
+func activeConnections(reg *prometheus.Registry) (*prometheus.GaugeVec, error) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy",
+		Subsystem: "layer4_proxy",
+		Name:      "active_connections",
+		Help:      "Number of connections currently being proxied, labeled by upstream.",
+	}, []string{"upstream"})
+	err := reg.Register(g)
+	if err == nil {
+		return g, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(*prometheus.GaugeVec); ok {
+			return existing, nil
+		}
+	}
+	return nil, fmt.Errorf("cannot read layer4 connection counts: %v", err)
+}
+
+// registerParentUpstreams makes the proxy handler's upstreams known to the
+// admin API before any connection.
+func registerParentUpstreams(ctx caddy.Context) {
+	mods := ctx.Modules()
+	for i := len(mods) - 1; i >= 0; i-- {
+		if h, ok := mods[i].(*l4proxy.Handler); ok {
+			for _, u := range h.Upstreams {
+				if u != nil && len(u.Dial) > 0 {
+					affinity.CountersFor(PolicyName, u.String())
+				}
+			}
+			return
+		}
+	}
+}
+
+// Cleanup releases the session table.
+func (s *IPAffinity) Cleanup() error { return s.Config.Cleanup() }
+
+// available reports whether u can take a connection now. caddy-l4 keeps
+// its upstreams' health unexported; FirstSelection over a pool of one is a
+// public way to ask.
+func available(u *l4proxy.Upstream, conn *layer4.Connection) bool {
+	var first l4proxy.FirstSelection
+	return first.Select(l4proxy.UpstreamPool{u}, conn) != nil
+}
+
+// Select returns the upstream of the connection's client.
+func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l4proxy.Upstream {
+	if len(up) == 0 {
+		return nil
+	}
+	addr, ok := affinity.ParseHostAddr(conn.RemoteAddr().String())
+	if !ok {
+		return s.fallbackSelect(up, conn)
+	}
+	k := affinity.MaskClient(addr, s.IPv4Prefix, s.IPv6Prefix)
+	p := s.pools.Get(up)
+	var load func(int) int
+	if p.gauges != nil {
+		load = func(i int) int {
+			var m dto.Metric
+			if p.gauges[i].Write(&m) != nil || m.Gauge == nil {
+				return 0
+			}
+			return int(m.Gauge.GetValue())
+		}
+	}
+	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(),
+		func(i int) bool { return available(up[i], conn) }, load)
+	if i < 0 {
+		return s.fallbackSelect(up, conn)
+	}
+	level := zapcore.DebugLevel
+	if res == affinity.ResultRebind {
+		level = zapcore.InfoLevel
+	}
+	if c := s.logger.Check(level, "affinity decision"); c != nil {
+		c.Write(zap.String("policy", PolicyName), zap.String("client", k.String()),
+			zap.String("upstream", up[i].String()), zap.String("result", res.String()))
+	}
+	return up[i]
+}
+
+func (s *IPAffinity) fallbackSelect(up l4proxy.UpstreamPool, conn *layer4.Connection) *l4proxy.Upstream {
+	if s.fallback == nil {
+		return nil
+	}
+	return s.fallback.Select(up, conn)
+}
+
+// UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
+//
+//	lb_policy ip_affinity {
+//		ipv4_prefix     <bits>
+//		ipv6_prefix     <bits>
+//		balance_factor  <float>
+//		persist_timeout <duration>
+//		max_sessions    <count|size>
+//		fallback        <policy> [<args...>] [{ ... }]
+//	}
+func (s *IPAffinity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume policy name
+	if d.NextArg() {
+		return d.Errf("ip_affinity: takes no arguments, got '%s'; options go in a block", d.Val())
+	}
+	seen := parse.Options{}
+	for d.NextBlock(0) {
+		if err := seen.Start(d); err != nil {
+			return err
+		}
+		if ok, err := s.Config.UnmarshalOption(d); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		switch d.Val() {
+		case "fallback":
+			raw, err := parse.Module(d, "layer4.proxy.selection_policies", "policy")
+			if err != nil {
+				return err
+			}
+			s.FallbackRaw = raw
+		case "source":
+			return d.Errf("source: not for layer4; the client is always the connection's remote address (run proxy_protocol first to use the PROXY header's)")
+		default:
+			return parse.Unknown(d)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ l4proxy.Selector      = (*IPAffinity)(nil)
+	_ caddy.Provisioner     = (*IPAffinity)(nil)
+	_ caddy.CleanerUpper    = (*IPAffinity)(nil)
+	_ caddyfile.Unmarshaler = (*IPAffinity)(nil)
+)
