@@ -11,7 +11,7 @@ var registry struct {
 	mu     sync.Mutex
 	tables map[*SessionTable]tableInfo
 	seq    uint64
-	names  sync.Map                 // upstream ID (AddrHash) -> address
+	names  sync.Map // upstream ID (AddrHash) -> address
 }
 
 type tableInfo struct {
