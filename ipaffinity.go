@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -22,6 +23,9 @@ import (
 func init() {
 	caddy.RegisterModule(new(IPAffinity))
 }
+
+// triedVarKey holds the upstreams earlier attempts of a request used.
+const triedVarKey = "caddy_affinity.ip_affinity.tried"
 
 // IPPolicyName labels the HTTP ip_affinity policy's counters and metrics.
 const IPPolicyName = "ip_affinity"
@@ -117,11 +121,19 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	if s.BalanceFactor > 0 {
 		load = func(i int) int { return pool[i].NumRequests() }
 	}
+	// Caddy calls Select again for each retry of a request: an upstream
+	// that already failed it is unavailable to it, and the client rebinds.
+	tried, _ := caddyhttp.GetVar(r.Context(), triedVarKey).(*[]*reverseproxy.Upstream)
 	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, s.now(),
-		func(i int) bool { return pool[i].Available() }, load)
+		func(i int) bool { return pool[i].Available() && (tried == nil || !slices.Contains(*tried, pool[i])) }, load)
 	if i < 0 {
 		return s.fallbackSelect(pool, r, w)
 	}
+	if tried == nil {
+		tried = &[]*reverseproxy.Upstream{}
+		caddyhttp.SetVar(r.Context(), triedVarKey, tried)
+	}
+	*tried = append(*tried, pool[i])
 	level := zapcore.DebugLevel
 	if res == affinity.ResultRebind {
 		level = zapcore.InfoLevel

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -27,6 +28,9 @@ import (
 func init() {
 	caddy.RegisterModule(new(IPAffinity))
 }
+
+// triedVarKey holds the upstreams earlier tries of a connection used.
+const triedVarKey = "caddy_affinity.ip_affinity.tried"
 
 // PolicyName labels the layer4 policy's counters and metrics.
 const PolicyName = "layer4_ip_affinity"
@@ -177,11 +181,20 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 			return int(m.Gauge.GetValue())
 		}
 	}
+	// caddy-l4 calls Select again while lb_try_duration allows, after a
+	// failed dial: an upstream that failed this connection is unavailable
+	// to it, and the client rebinds.
+	tried, _ := conn.GetVar(triedVarKey).(*[]*l4proxy.Upstream)
 	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(),
-		func(i int) bool { return available(up[i], conn) }, load)
+		func(i int) bool { return available(up[i], conn) && (tried == nil || !slices.Contains(*tried, up[i])) }, load)
 	if i < 0 {
 		return s.fallbackSelect(up, conn)
 	}
+	if tried == nil {
+		tried = &[]*l4proxy.Upstream{}
+		conn.SetVar(triedVarKey, tried)
+	}
+	*tried = append(*tried, up[i])
 	level := zapcore.DebugLevel
 	if res == affinity.ResultRebind {
 		level = zapcore.InfoLevel
