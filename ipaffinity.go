@@ -111,7 +111,10 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	if len(pool) == 0 {
 		return nil
 	}
-	addr, ok := affinity.ParseHostAddr(s.clientAddr(r))
+	// One lookup of the vars map serves the client IP and the retry state:
+	// walking the request's context chain is the costliest step here.
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	addr, ok := affinity.ParseHostAddr(s.clientAddr(r, vars))
 	if !ok {
 		return s.fallbackSelect(pool, r, w)
 	}
@@ -121,19 +124,19 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	if s.BalanceFactor > 0 {
 		load = func(i int) int { return pool[i].NumRequests() }
 	}
+	var now time.Time
+	if s.Sessions() != nil {
+		now = s.now()
+	}
 	// Caddy calls Select again for each retry of a request: an upstream
 	// that already failed it is unavailable to it, and the client rebinds.
-	tried, _ := caddyhttp.GetVar(r.Context(), triedVarKey).(*[]*reverseproxy.Upstream)
-	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, s.now(),
-		func(i int) bool { return pool[i].Available() && (tried == nil || !slices.Contains(*tried, pool[i])) }, load)
+	tried := triedUpstreams(vars)
+	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now,
+		func(i int) bool { return pool[i].Available() && (tried == nil || !slices.Contains(tried, pool[i])) }, load)
 	if i < 0 {
 		return s.fallbackSelect(pool, r, w)
 	}
-	if tried == nil {
-		tried = &[]*reverseproxy.Upstream{}
-		caddyhttp.SetVar(r.Context(), triedVarKey, tried)
-	}
-	*tried = append(*tried, pool[i])
+	rememberTried(vars, tried, pool[i])
 	level := zapcore.DebugLevel
 	if res == affinity.ResultRebind {
 		level = zapcore.InfoLevel
@@ -152,10 +155,34 @@ func (s *IPAffinity) fallbackSelect(pool reverseproxy.UpstreamPool, r *http.Requ
 	return s.fallback.Select(pool, r, w)
 }
 
+// triedUpstreams returns the upstreams earlier attempts of the request
+// used. The first attempt stores the bare pointer (no allocation); only a
+// retry makes a slice.
+func triedUpstreams(vars map[string]any) []*reverseproxy.Upstream {
+	switch v := vars[triedVarKey].(type) {
+	case *reverseproxy.Upstream:
+		return []*reverseproxy.Upstream{v}
+	case []*reverseproxy.Upstream:
+		return v
+	}
+	return nil
+}
+
+func rememberTried(vars map[string]any, tried []*reverseproxy.Upstream, up *reverseproxy.Upstream) {
+	if vars == nil {
+		return
+	}
+	if tried == nil {
+		vars[triedVarKey] = up
+		return
+	}
+	vars[triedVarKey] = append(tried, up)
+}
+
 // clientAddr is the address that identifies the client.
-func (s *IPAffinity) clientAddr(r *http.Request) string {
+func (s *IPAffinity) clientAddr(r *http.Request, vars map[string]any) string {
 	if s.Source != "remote" {
-		if v, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && v != "" {
+		if v, ok := vars[caddyhttp.ClientIPVarKey].(string); ok && v != "" {
 			return v
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -160,12 +162,28 @@ func available(u *l4proxy.Upstream, conn *layer4.Connection) bool {
 	return first.Select(l4proxy.UpstreamPool{u}, conn) != nil
 }
 
+// remoteIP returns the IP of a connection's remote address, without the
+// allocation of formatting it when it is a TCP or UDP address.
+func remoteIP(a net.Addr) (netip.Addr, bool) {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip := a.AddrPort().Addr().Unmap()
+		return ip, ip.IsValid()
+	case *net.UDPAddr:
+		ip := a.AddrPort().Addr().Unmap()
+		return ip, ip.IsValid()
+	case nil:
+		return netip.Addr{}, false
+	}
+	return affinity.ParseHostAddr(a.String())
+}
+
 // Select returns the upstream of the connection's client.
 func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l4proxy.Upstream {
 	if len(up) == 0 {
 		return nil
 	}
-	addr, ok := affinity.ParseHostAddr(conn.RemoteAddr().String())
+	addr, ok := remoteIP(conn.RemoteAddr())
 	if !ok {
 		return s.fallbackSelect(up, conn)
 	}
@@ -184,17 +202,23 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	// caddy-l4 calls Select again while lb_try_duration allows, after a
 	// failed dial: an upstream that failed this connection is unavailable
 	// to it, and the client rebinds.
-	tried, _ := conn.GetVar(triedVarKey).(*[]*l4proxy.Upstream)
+	var tried []*l4proxy.Upstream
+	switch v := conn.GetVar(triedVarKey).(type) {
+	case *l4proxy.Upstream:
+		tried = []*l4proxy.Upstream{v}
+	case []*l4proxy.Upstream:
+		tried = v
+	}
 	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(),
-		func(i int) bool { return available(up[i], conn) && (tried == nil || !slices.Contains(*tried, up[i])) }, load)
+		func(i int) bool { return available(up[i], conn) && !slices.Contains(tried, up[i]) }, load)
 	if i < 0 {
 		return s.fallbackSelect(up, conn)
 	}
 	if tried == nil {
-		tried = &[]*l4proxy.Upstream{}
-		conn.SetVar(triedVarKey, tried)
+		conn.SetVar(triedVarKey, up[i]) // no allocation on the first try
+	} else {
+		conn.SetVar(triedVarKey, append(tried, up[i]))
 	}
-	*tried = append(*tried, up[i])
 	level := zapcore.DebugLevel
 	if res == affinity.ResultRebind {
 		level = zapcore.InfoLevel

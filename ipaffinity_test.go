@@ -1,0 +1,150 @@
+package caddyaffinity
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+)
+
+func testPool(n int) reverseproxy.UpstreamPool {
+	pool := make(reverseproxy.UpstreamPool, n)
+	for i := range pool {
+		pool[i] = &reverseproxy.Upstream{Host: new(reverseproxy.Host), Dial: fmt.Sprintf("10.0.%d.%d:8080", i/250, i%250+1)}
+	}
+	return pool
+}
+
+func provision(t testing.TB, m interface{ Provision(caddy.Context) error }) caddy.Context {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := m.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ctx
+}
+
+// clientRequest is a request as Caddy's server hands it on: with the vars
+// map, the client IP it derived from trusted_proxies, and the peer address.
+func clientRequest(clientIP, remote string) *http.Request {
+	r := httptest.NewRequest("GET", "/", nil)
+	vars := map[string]any{caddyhttp.ClientIPVarKey: clientIP}
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
+	r.RemoteAddr = remote
+	return r
+}
+
+func TestIPAffinitySourceAndAgreement(t *testing.T) {
+	pool := testPool(8)
+	addrs := make([]string, len(pool))
+	for i, u := range pool {
+		addrs[i] = u.Dial
+	}
+	table := affinity.NewTable(addrs)
+	want := func(ip string) *reverseproxy.Upstream {
+		return pool[table.Lookup(affinity.MaskClient(netip.MustParseAddr(ip), 32, 64).Hash())]
+	}
+
+	client := &IPAffinity{}
+	provision(t, client)
+	remote := &IPAffinity{Source: "remote"}
+	provision(t, remote)
+	for i := 0; i < 200; i++ {
+		cip := fmt.Sprintf("192.0.2.%d", i)
+		peer := fmt.Sprintf("10.9.%d.%d", i/200, i%200)
+		if got := client.Select(pool, clientRequest(cip, peer+":5555"), nil); got != want(cip) {
+			t.Fatalf("source client: %s went to %s, want %s", cip, got.Dial, want(cip).Dial)
+		}
+		if got := remote.Select(pool, clientRequest(cip, peer+":5555"), nil); got != want(peer) {
+			t.Fatalf("source remote: %s went to %s, want %s", peer, got.Dial, want(peer).Dial)
+		}
+	}
+}
+
+func TestIPAffinityRetryRebinds(t *testing.T) {
+	pool := testPool(5)
+	p := &IPAffinity{}
+	provision(t, p)
+	r := clientRequest("198.51.100.7", "198.51.100.7:1234")
+	seen := map[*reverseproxy.Upstream]bool{}
+	for attempt := 0; attempt < len(pool); attempt++ {
+		u := p.Select(pool, r, nil)
+		if u == nil || seen[u] {
+			t.Fatalf("attempt %d chose %v, already tried or none", attempt, u)
+		}
+		seen[u] = true
+	}
+	if u := p.Select(pool, r, nil); u != nil {
+		t.Fatalf("every upstream failed this request, yet %s was chosen", u.Dial)
+	}
+	// A new request of the same client goes back to its upstream.
+	first := p.Select(pool, clientRequest("198.51.100.7", "198.51.100.7:1234"), nil)
+	if again := p.Select(pool, clientRequest("198.51.100.7", "198.51.100.7:1"), nil); again != first {
+		t.Fatalf("client moved from %s to %s", first.Dial, again.Dial)
+	}
+}
+
+func TestIPAffinityUnparsableClientUsesFallback(t *testing.T) {
+	pool := testPool(3)
+	p := &IPAffinity{}
+	provision(t, p)
+	if u := p.Select(pool, clientRequest("not-an-ip", "garbage"), nil); u != nil {
+		t.Fatalf("no fallback configured, yet %v chosen", u.Dial)
+	}
+	p = &IPAffinity{FallbackRaw: []byte(`{"policy":"first"}`)}
+	provision(t, p)
+	if u := p.Select(pool, clientRequest("not-an-ip", "garbage"), nil); u != pool[0] {
+		t.Fatalf("fallback first chose %v", u)
+	}
+}
+
+// BenchmarkIPSelect compares ip_affinity with Caddy's ip_hash and
+// client_ip_hash in one run. Each iteration serves the next of 1024
+// clients, each its own request.
+func BenchmarkIPSelect(b *testing.B) {
+	for _, n := range []int{4, 16, 64} {
+		pool := testPool(n)
+		reqs := make([]*http.Request, 1024)
+		for i := range reqs {
+			ip := fmt.Sprintf("172.%d.%d.%d", 16+i%16, i/16%256, i%251+1)
+			reqs[i] = clientRequest(ip, ip+":40000")
+		}
+		ours := &IPAffinity{}
+		provision(b, ours)
+		// As in production at Caddy's default INFO level: the per-decision
+		// debug log is off (the test context logs everything).
+		ours.logger = zap.NewNop()
+		policies := []struct {
+			name string
+			sel  reverseproxy.Selector
+		}{
+			{"ip_affinity", ours},
+			{"caddy_ip_hash", reverseproxy.IPHashSelection{}},
+			{"caddy_client_ip_hash", reverseproxy.ClientIPHashSelection{}},
+		}
+		for _, p := range policies {
+			b.Run(fmt.Sprintf("upstreams=%d/policy=%s", n, p.name), func(b *testing.B) {
+				b.ReportAllocs()
+				for i := 0; b.Loop(); i++ {
+					r := reqs[i&1023]
+					// A new request each time, as far as retries go.
+					delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), triedVarKey)
+					if p.sel.Select(pool, r, nil) == nil {
+						b.Fatal("no upstream")
+					}
+				}
+			})
+		}
+	}
+}
