@@ -87,6 +87,8 @@ func TestIPAffinityHTTPAndLayer4Agree(t *testing.T) {
 					lb_policy ip_affinity
 					lb_try_duration 5s
 					lb_try_interval 10ms
+					fail_duration 1m
+					max_fails 1
 %s				}
 			}
 		}
