@@ -37,5 +37,9 @@ fmt-check:
 unit:
 	$(GO) test -race -count=1 ./affinity/... ./cookie/... ./caddyfile/...
 
+## soak: the long reliability soak (make test runs a short one)
+soak: $(CADDY) deps
+	AFFINITY_SOAK=long $(GO) test -count=1 -run 'TestSoak$$' -v -timeout 30m ./integration
+
 clean:
 	rm -rf bin

@@ -105,6 +105,7 @@ type caddyProc struct {
 	cmd     *exec.Cmd
 	logPath string
 	done    chan struct{}
+	opts    caddyOpts
 }
 
 // caddyOpts are optional settings of startCaddy.
@@ -113,10 +114,14 @@ type caddyOpts struct {
 	wait    []string // addresses to wait for besides the admin endpoint
 	env     []string
 	global  string // extra global options
+	level   string // log level; DEBUG when empty
 }
 
 // globalBlock is the global options block every test Caddy gets.
-func globalBlock(admin, dataDir, extra string) string {
+func globalBlock(admin, dataDir, extra, level string) string {
+	if level == "" {
+		level = "DEBUG"
+	}
 	return fmt.Sprintf(`{
 	admin %s
 	storage file_system %s
@@ -125,12 +130,12 @@ func globalBlock(admin, dataDir, extra string) string {
 	default_bind 127.0.0.1
 	grace_period 2s
 	log {
-		level DEBUG
+		level %s
 		output stderr
 	}
 %s
 }
-`, admin, dataDir, extra)
+`, admin, dataDir, level, extra)
 }
 
 // startCaddy starts Caddy with the site blocks of sites and waits until its
@@ -143,7 +148,8 @@ func startCaddy(t testing.TB, sites string, o caddyOpts) *caddyProc {
 		o.dataDir = filepath.Join(dir, "data")
 	}
 	c := &caddyProc{t: t, dir: dir, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), done: make(chan struct{})}
-	cfg := globalBlock(c.admin, o.dataDir, o.global) + sites
+	c.opts = o
+	cfg := globalBlock(c.admin, o.dataDir, o.global, o.level) + sites
 	cfgPath := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -220,9 +226,9 @@ func (c *caddyProc) logContains(s string) bool {
 func (c *caddyProc) loadCaddyfile(sites string, dataDir string) {
 	c.t.Helper()
 	if dataDir == "" {
-		dataDir = filepath.Join(c.dir, "data")
+		dataDir = c.opts.dataDir
 	}
-	cfg := globalBlock(c.admin, dataDir, "") + sites
+	cfg := globalBlock(c.admin, dataDir, c.opts.global, c.opts.level) + sites
 	req, _ := http.NewRequest(http.MethodPost, "http://"+c.admin+"/load", strings.NewReader(cfg))
 	req.Header.Set("Content-Type", "text/caddyfile")
 	resp, err := http.DefaultClient.Do(req)
