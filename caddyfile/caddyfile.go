@@ -6,6 +6,7 @@ package caddyfile
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -155,7 +156,10 @@ func Module(d *caddyfile.Dispenser, namespace, inlineKey string) (json.RawMessag
 	modID := namespace + "." + name
 	unm, err := caddyfile.UnmarshalModule(d, modID)
 	if err != nil {
-		return nil, d.Errf("%s: %v", opt, err)
+		// The error already carries its file and line: from this
+		// dispenser for an unknown module, from the guest's own (over
+		// the same tokens) for its arguments.
+		return nil, fmt.Errorf("%s: %w", opt, err)
 	}
 	return caddyconfig.JSONModuleObject(unm, inlineKey, name, nil), nil
 }

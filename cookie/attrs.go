@@ -37,6 +37,11 @@ func (a Attrs) AppendSetCookie(b []byte, name, value string, secure bool) []byte
 	b = append(b, name...)
 	b = append(b, '=')
 	b = append(b, value...)
+	return a.AppendAttrs(b, secure)
+}
+
+// AppendAttrs appends "; Path=..." and the other attributes.
+func (a Attrs) AppendAttrs(b []byte, secure bool) []byte {
 	if a.Path != "" {
 		b = append(b, "; Path="...)
 		b = append(b, a.Path...)

@@ -36,6 +36,9 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	seen := parse.Options{}
 	for d.NextBlock(0) {
+		if d.Val() == "secrets" && seen["secret"] || d.Val() == "secret" && seen["secrets"] {
+			return d.Errf("%s: option given more than once (secret and secrets are the same option)", d.Val())
+		}
 		if err := seen.Start(d); err != nil {
 			return err
 		}

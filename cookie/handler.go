@@ -76,8 +76,8 @@ type rewriter struct {
 
 // attachToHandler registers st with the request's affinity handler, or logs
 // once that rewrite mode cannot work without it.
-func (s *StickyCookie) attachToHandler(r *http.Request, st *reqState) {
-	if rw, ok := caddyhttp.GetVar(r.Context(), handlerVarKey).(*rewriter); ok {
+func (s *StickyCookie) attachToHandler(vars map[string]any, st *reqState) {
+	if rw, ok := vars[handlerVarKey].(*rewriter); ok {
 		rw.states = append(rw.states, st)
 		return
 	}

@@ -2,7 +2,6 @@ package cookie
 
 import (
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -147,31 +146,45 @@ func editLine(line, name string, edit func(string) (string, bool, bool)) string 
 			return ""
 		}
 	}
+	// The trailing run of dropped pairs (nothing but separators between
+	// them and the end of the line) goes with the separator before it.
+	tail := len(chs)
+	for tail > 0 && chs[tail-1].drop {
+		next := len(line)
+		if tail < len(chs) {
+			next = chs[tail].start
+		}
+		if strings.Trim(line[chs[tail-1].end:next], " \t;") != "" {
+			break
+		}
+		tail--
+	}
 	var b strings.Builder
 	b.Grow(len(line))
 	last := 0
-	for _, c := range chs {
+	for _, c := range chs[:tail] {
 		if c.drop {
-			// Remove the pair and the separator that follows it (or, for
-			// the last pair, the one before it).
+			// Remove the pair and the separator that follows it.
 			end := c.end
 			if i := strings.IndexByte(line[end:], ';'); i >= 0 {
 				end += i + 1
 				for end < len(line) && (line[end] == ' ' || line[end] == '\t') {
 					end++
 				}
-				b.WriteString(line[last:c.start])
-			} else {
-				pre := strings.TrimRight(line[last:c.start], " \t")
-				pre = strings.TrimSuffix(pre, ";")
-				b.WriteString(strings.TrimRight(pre, " \t"))
 			}
+			b.WriteString(line[last:c.start])
 			last = end
 			continue
 		}
 		b.WriteString(line[last:c.start])
 		b.WriteString(c.repl)
 		last = c.end
+	}
+	if tail < len(chs) {
+		pre := strings.TrimRight(line[last:chs[tail].start], " \t")
+		pre = strings.TrimSuffix(pre, ";")
+		b.WriteString(strings.TrimRight(pre, " \t"))
+		return b.String()
 	}
 	b.WriteString(line[last:])
 	return b.String()
@@ -237,25 +250,49 @@ func RewriteSetCookie(line, name, token string, now time.Time) (string, bool) {
 }
 
 // deletes reports whether the attributes of a Set-Cookie line delete the
-// cookie.
+// cookie. As in RFC 6265 5.2 and 5.3, Max-Age wins over Expires, the last
+// valid occurrence of each counts, and an invalid one is ignored.
 func deletes(attrs string, now time.Time) bool {
-	del := false
+	var maxAgeDel, hasMaxAge, expiresDel, hasExpires bool
 	for _, a := range strings.Split(attrs, ";") {
 		k, v, _ := strings.Cut(a, "=")
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
 		switch {
 		case strings.EqualFold(k, "max-age"):
-			// Max-Age wins over Expires (RFC 6265 5.3 step 3).
-			if n, err := strconv.Atoi(v); err == nil {
-				return n <= 0
+			if del, ok := maxAgeDeletes(v); ok {
+				maxAgeDel, hasMaxAge = del, true
 			}
 		case strings.EqualFold(k, "expires"):
-			if t, err := http.ParseTime(v); err == nil && !t.After(now) {
-				del = true
-			} else if t, err := time.Parse("Mon, 02-Jan-2006 15:04:05 MST", v); err == nil && !t.After(now) {
-				del = true
+			t, err := http.ParseTime(v)
+			if err != nil {
+				t, err = time.Parse("Mon, 02-Jan-2006 15:04:05 MST", v)
+			}
+			if err == nil {
+				expiresDel, hasExpires = !t.After(now), true
 			}
 		}
 	}
-	return del
+	if hasMaxAge {
+		return maxAgeDel
+	}
+	return hasExpires && expiresDel
+}
+
+// maxAgeDeletes parses a Max-Age value as RFC 6265 5.2.2 does: an optional
+// '-' then digits, any number of them (so no overflow); ok is false for
+// anything else. del is true for zero or a negative value.
+func maxAgeDeletes(v string) (del, ok bool) {
+	digits := strings.TrimPrefix(v, "-")
+	if digits == "" {
+		return false, false
+	}
+	zero := true
+	for i := 0; i < len(digits); i++ {
+		c := digits[i]
+		if c < '0' || c > '9' {
+			return false, false
+		}
+		zero = zero && c == '0'
+	}
+	return zero || len(digits) < len(v), true
 }

@@ -235,20 +235,26 @@ func (s *StickyCookie) validate() error {
 	if s.Mode == ModeRewrite {
 		// Attributes are the backend's in rewrite mode; silently ignoring
 		// them would mislead.
-		for opt, set := range map[string]bool{
-			"max_age": s.MaxAge != 0, "idle_timeout": s.IdleTimeout != 0, "domain": s.Domain != "",
-			"path": s.Path != "" && s.Path != "/", "secure": s.Secure != "" && s.Secure != "auto",
-			"same_site": s.SameSite != "" && s.SameSite != "auto", "http_only": s.HTTPOnly != nil,
-			"forward_cookie": s.ForwardCookie,
+		for _, o := range []struct {
+			name string
+			set  bool
+		}{
+			{"max_age", s.MaxAge != 0}, {"idle_timeout", s.IdleTimeout != 0}, {"path", s.Path != "" && s.Path != "/"},
+			{"domain", s.Domain != ""}, {"secure", s.Secure != "" && s.Secure != "auto"},
+			{"same_site", s.SameSite != "" && s.SameSite != "auto"}, {"http_only", s.HTTPOnly != nil},
+			{"forward_cookie", s.ForwardCookie},
 		} {
-			if set {
-				return fmt.Errorf("%s: applies to insert mode only; in rewrite mode the backend's cookie keeps its own attributes", opt)
+			if o.set {
+				return fmt.Errorf("%s: applies to insert mode only; in rewrite mode the backend's cookie keeps its own attributes", o.name)
 			}
 		}
 	}
-	for name, d := range map[string]caddy.Duration{"max_age": s.MaxAge, "idle_timeout": s.IdleTimeout, "max_lifetime": s.MaxLifetime} {
-		if d < 0 {
-			return fmt.Errorf("%s: must not be negative", name)
+	for _, d := range []struct {
+		name string
+		d    caddy.Duration
+	}{{"max_age", s.MaxAge}, {"idle_timeout", s.IdleTimeout}, {"max_lifetime", s.MaxLifetime}} {
+		if d.d < 0 {
+			return fmt.Errorf("%s: must not be negative", d.name)
 		}
 	}
 	switch s.Secure {
@@ -272,12 +278,29 @@ func (s *StickyCookie) validate() error {
 	if s.Path != "" && !strings.HasPrefix(s.Path, "/") {
 		return fmt.Errorf("path: must start with /, got %q", s.Path)
 	}
+	if !validAttrValue(s.Path) {
+		return fmt.Errorf("path: %q contains a character a cookie attribute cannot hold (';', a space or a control character)", s.Path)
+	}
+	if !validAttrValue(s.Domain) {
+		return fmt.Errorf("domain: %q contains a character a cookie attribute cannot hold (';', a space or a control character)", s.Domain)
+	}
 	for i, sec := range s.Secrets {
 		if sec == "" {
 			return fmt.Errorf("secrets: secret %d is empty", i+1)
 		}
 	}
 	return nil
+}
+
+// validAttrValue reports whether v can stand in a Set-Cookie attribute
+// without ending it or starting another.
+func validAttrValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c <= ' ' || c == ';' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // validCookieName reports whether n is an RFC 6265 token.
@@ -313,14 +336,20 @@ type reqState struct {
 
 // Select returns the upstream of the request's session, or binds a new one.
 func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	st, _ := caddyhttp.GetVar(r.Context(), s.varKey).(*reqState)
+	// One lookup of the vars map serves the retry state, the trusted-proxy
+	// flag and the handler: walking the request's context chain is costly.
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	now := s.now()
+	st, _ := vars[s.varKey].(*reqState)
 	if st == nil {
 		st = &reqState{policy: s}
 		st.tried = st.triedArr[:0]
-		s.readCookie(r, st)
-		caddyhttp.SetVar(r.Context(), s.varKey, st)
+		s.readCookie(r, st, now)
+		if vars != nil {
+			vars[s.varKey] = st
+		}
 		if s.rewrite {
-			s.attachToHandler(r, st)
+			s.attachToHandler(vars, st)
 		}
 	}
 	st.attempts++
@@ -328,7 +357,6 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		return nil
 	}
 	ps := s.pools.Get(pool)
-	now := s.now()
 
 	result, reason := affinity.ResultNew, affinity.ReasonNone
 	var up *reverseproxy.Upstream
@@ -337,6 +365,11 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	if st.valid {
 		if i, ok := ps.index.Lookup(st.key, st.tok.Upstream); !ok {
 			result, reason = affinity.ResultRejected, affinity.ReasonUnknownUpstream
+			if s.rewrite {
+				// The backend may never set its cookie again, so this
+				// token stays: move its session deterministically.
+				result = affinity.ResultRebind
+			}
 		} else if u := pool[i]; u.Available() && !st.triedUp(u) {
 			up, idx, result = u, i, affinity.ResultHit
 			issued = st.tok.Issued
@@ -379,7 +412,8 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	if !s.rewrite && idx >= 0 {
 		needCookie := result != affinity.ResultHit || st.key != 0 || s.life.NeedsRefresh(st.tok, now)
 		if needCookie || st.attempts > 1 {
-			s.setCookie(w, r, affinity.Token{
+			trusted, _ := vars[caddyhttp.TrustedProxyVarKey].(bool)
+			s.setCookie(w, secureRequest(r, trusted), affinity.Token{
 				Kind: affinity.KindInsert, Upstream: st.chosenID,
 				Issued: issued, Refreshed: affinity.UnixSeconds(now),
 			})
@@ -479,12 +513,11 @@ func indexOf(pool reverseproxy.UpstreamPool, u *reverseproxy.Upstream) int {
 // token, and edits the Cookie header for the upstream: insert mode removes
 // the cookie unless forward_cookie is set; rewrite mode strips the route
 // token so the backend gets its original value.
-func (s *StickyCookie) readCookie(r *http.Request, st *reqState) {
+func (s *StickyCookie) readCookie(r *http.Request, st *reqState, now time.Time) {
 	lines := r.Header["Cookie"]
 	if len(lines) == 0 {
 		return
 	}
-	now := s.now()
 	consider := func(tok string) {
 		if st.valid {
 			return
@@ -532,14 +565,14 @@ func (s *StickyCookie) readCookie(r *http.Request, st *reqState) {
 
 // setCookie sets the insert-mode cookie on the response, replacing one an
 // earlier attempt of this request set, so the client gets exactly one.
-func (s *StickyCookie) setCookie(w http.ResponseWriter, r *http.Request, t affinity.Token) {
+func (s *StickyCookie) setCookie(w http.ResponseWriter, secure bool, t affinity.Token) {
 	h := w.Header()
 	removeSetCookie(h, s.Name)
-	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
 	var buf [256]byte
-	b := s.keys.AppendToken(buf[:0], t)
-	val := string(b)
-	line := s.attrs.AppendSetCookie(b[:0:0], s.Name, val, secureRequest(r, trusted))
+	line := append(buf[:0], s.Name...)
+	line = append(line, '=')
+	line = s.keys.AppendToken(line, t)
+	line = s.attrs.AppendAttrs(line, secure)
 	h["Set-Cookie"] = append(h["Set-Cookie"], string(line))
 }
 

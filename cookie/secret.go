@@ -32,12 +32,11 @@ func loadKeys(ctx caddy.Context, secrets []string) ([][]byte, error) {
 	repl := caddy.NewReplacer()
 	keys := make([][]byte, 0, len(secrets))
 	for i, s := range secrets {
-		v, err := repl.ReplaceOrErr(s, true, true)
-		if err != nil {
-			return nil, fmt.Errorf("secrets: secret %d: %v", i+1, err)
-		}
+		// Only known placeholders ({env.*}, {system.*}, ...) are replaced,
+		// so a literal secret may contain braces.
+		v := repl.ReplaceKnown(s, "")
 		if v == "" {
-			return nil, fmt.Errorf("secrets: secret %d is empty", i+1)
+			return nil, fmt.Errorf("secrets: secret %d is empty (after replacing placeholders such as {env.NAME}; is the variable set?)", i+1)
 		}
 		if len(v) < minSecretLen {
 			ctx.Logger().Warn("affinity secret is short; use at least 16 random bytes", zap.Int("secret", i+1))

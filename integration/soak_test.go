@@ -143,11 +143,11 @@ http://127.0.0.1:%[3]d {
 
 	var (
 		requests, errorsSeen, misroutes, badHandled atomic.Int64
-		mu                                        sync.Mutex // guards killedName and the clients' fields
-		killedName                                string
-		errLog                                    []string
-		stop                                      = make(chan struct{})
-		wg                                        sync.WaitGroup
+		mu                                          sync.Mutex // guards killedName and the clients' fields
+		killedName                                  string
+		errLog                                      []string
+		stop                                        = make(chan struct{})
+		wg                                          sync.WaitGroup
 	)
 	for _, cl := range clients {
 		wg.Add(1)

@@ -1,0 +1,210 @@
+package affinity
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+func TestIndexLookupPerKey(t *testing.T) {
+	k := mustKeyring(t, "c", testKey, otherKey)
+	addrs := []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"}
+	x := k.NewIndex(addrs)
+	for i, a := range addrs {
+		for key := 0; key < k.Len(); key++ {
+			got, ok := x.Lookup(key, k.UpstreamID(key, a))
+			if !ok || got != i {
+				t.Errorf("Lookup(%d, id(%q)) = %d, %v; want %d, true", key, a, got, ok, i)
+			}
+		}
+		// An ID is only looked up under the key it belongs to.
+		if got, ok := x.Lookup(0, k.UpstreamID(1, a)); ok {
+			t.Errorf("Lookup(0, id under key 1 of %q) = %d, true", a, got)
+		}
+		if x.SigningID(i) != k.UpstreamID(0, a) {
+			t.Errorf("SigningID(%d) is not the ID under key 0", i)
+		}
+	}
+	for _, key := range []int{-1, 2, 100} {
+		if _, ok := x.Lookup(key, k.UpstreamID(0, addrs[0])); ok {
+			t.Errorf("Lookup with key index %d succeeded", key)
+		}
+	}
+	if _, ok := x.Lookup(0, k.UpstreamID(0, "10.0.0.4:80")); ok {
+		t.Error("Lookup of an address outside the pool succeeded")
+	}
+}
+
+func TestIndexEmptyPool(t *testing.T) {
+	x := mustKeyring(t, "c", testKey).NewIndex(nil)
+	if _, ok := x.Lookup(0, 0); ok {
+		t.Error("Lookup in an empty index succeeded")
+	}
+}
+
+func TestIndexDuplicateAddresses(t *testing.T) {
+	k := mustKeyring(t, "c", testKey, otherKey)
+	addrs := []string{"b:80", "a:80", "b:80", "c:80", "a:80"}
+	for run := 0; run < 3; run++ {
+		x := k.NewIndex(addrs)
+		for key := 0; key < 2; key++ {
+			// The first position of a repeated address wins, every time.
+			for a, want := range map[string]int{"b:80": 0, "a:80": 1, "c:80": 3} {
+				if got, ok := x.Lookup(key, k.UpstreamID(key, a)); !ok || got != want {
+					t.Fatalf("run %d key %d: Lookup(%q) = %d, %v; want %d", run, key, a, got, ok, want)
+				}
+			}
+		}
+		if x.SigningID(0) != x.SigningID(2) || x.SigningID(1) != x.SigningID(4) {
+			t.Fatal("repeated addresses have different signing IDs")
+		}
+	}
+}
+
+// TestIndexCollisionMarker checks that Lookup refuses an ID two addresses
+// share. Real 48-bit collisions cannot be produced in a test, so the marker
+// NewIndex stores for one is planted directly.
+func TestIndexCollisionMarker(t *testing.T) {
+	x := &Index{byID: []map[uint64]int32{{7: -1, 8: 0}}, sign: []uint64{8}}
+	if _, ok := x.Lookup(0, 7); ok {
+		t.Error("Lookup of a colliding ID succeeded")
+	}
+	if i, ok := x.Lookup(0, 8); !ok || i != 0 {
+		t.Errorf("Lookup(0, 8) = %d, %v; want 0, true", i, ok)
+	}
+}
+
+type fakeUp struct{ addr string }
+
+// countingCache is a PoolCache over *fakeUp whose state is the addresses
+// joined, and which counts its builds.
+func countingCache() (*PoolCache[*fakeUp, string], *atomic.Int64) {
+	var builds atomic.Int64
+	c := &PoolCache[*fakeUp, string]{
+		Addr: func(u *fakeUp) string { return u.addr },
+		Build: func(addrs []string) string {
+			builds.Add(1)
+			return strings.Join(addrs, ",")
+		},
+	}
+	return c, &builds
+}
+
+func ups(addrs ...string) []*fakeUp {
+	out := make([]*fakeUp, len(addrs))
+	for i, a := range addrs {
+		out[i] = &fakeUp{a}
+	}
+	return out
+}
+
+func TestPoolCache(t *testing.T) {
+	c, builds := countingCache()
+	pool := ups("a", "b", "c")
+
+	steps := []struct {
+		name       string
+		pool       []*fakeUp
+		want       string
+		wantBuilds int64
+	}{
+		{"first use builds", pool, "a,b,c", 1},
+		{"same slice is cached", pool, "a,b,c", 1},
+		{"same pointers in a new slice", append([]*fakeUp(nil), pool...), "a,b,c", 1},
+		{"same addresses behind new pointers", ups("a", "b", "c"), "a,b,c", 1},
+		{"different addresses rebuild", ups("a", "b", "d"), "a,b,d", 2},
+		{"a shorter pool rebuilds", ups("a", "b"), "a,b", 3},
+		{"reordered addresses rebuild", ups("b", "a"), "b,a", 4},
+		{"empty pool", nil, "", 5},
+		{"empty again is cached", []*fakeUp{}, "", 5},
+		{"back to the first pool rebuilds", pool, "a,b,c", 6},
+	}
+	for _, s := range steps {
+		if got := c.Get(s.pool); got != s.want {
+			t.Fatalf("%s: Get = %q, want %q", s.name, got, s.want)
+		}
+		if n := builds.Load(); n != s.wantBuilds {
+			t.Fatalf("%s: %d builds, want %d", s.name, n, s.wantBuilds)
+		}
+	}
+}
+
+// TestPoolCacheReusesStateObject checks that a pool rebuilt with the same
+// addresses keeps the very same state object (counters, tables), not an
+// equal copy.
+func TestPoolCacheReusesStateObject(t *testing.T) {
+	builds := 0
+	c := &PoolCache[*fakeUp, *[]string]{
+		Addr:  func(u *fakeUp) string { return u.addr },
+		Build: func(addrs []string) *[]string { builds++; return &addrs },
+	}
+	s1 := c.Get(ups("x", "y"))
+	s2 := c.Get(ups("x", "y"))
+	if s1 != s2 || builds != 1 {
+		t.Fatalf("new pointers, same addresses: state %p then %p after %d builds; want the same, 1 build", s1, s2, builds)
+	}
+	// The cache must not keep the caller's slice: changing it afterwards
+	// must not make a different pool look cached.
+	p := ups("x", "y")
+	c.Get(p)
+	p[1] = &fakeUp{"z"}
+	if got := *c.Get(p); strings.Join(got, ",") != "x,z" {
+		t.Fatalf("after the caller changed its slice: state %v, want [x z]", got)
+	}
+}
+
+func TestPoolCacheConcurrent(t *testing.T) {
+	c, builds := countingCache()
+	pools := [][]*fakeUp{ups("a", "b"), ups("c"), ups("a", "b", "c", "d")}
+	want := []string{"a,b", "c", "a,b,c,d"}
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 500; i++ {
+				p := (g + i/50) % len(pools)
+				if got := c.Get(pools[p]); got != want[p] {
+					bad.Add(1)
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	if n := bad.Load(); n != 0 {
+		t.Fatalf("%d Gets returned the state of another pool", n)
+	}
+	if builds.Load() < 1 {
+		t.Fatal("no builds")
+	}
+	// Once quiet, repeated Gets of one pool do not build again.
+	c.Get(pools[0])
+	n := builds.Load()
+	for i := 0; i < 10; i++ {
+		c.Get(pools[0])
+	}
+	if builds.Load() != n {
+		t.Fatalf("repeated Get built again: %d -> %d", n, builds.Load())
+	}
+}
+
+func TestPoolCacheGetAllocations(t *testing.T) {
+	if raceEnabled() {
+		t.Skip("allocation counts are meaningless under -race")
+	}
+	c, _ := countingCache()
+	pool := ups(func() []string {
+		var a []string
+		for i := 0; i < 16; i++ {
+			a = append(a, fmt.Sprintf("10.0.0.%d:80", i))
+		}
+		return a
+	}()...)
+	c.Get(pool)
+	if n := testing.AllocsPerRun(100, func() { c.Get(pool) }); n != 0 {
+		t.Fatalf("cached Get allocates %.1f times, want 0", n)
+	}
+}

@@ -1,0 +1,265 @@
+package affinity
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+var runID atomic.Int64
+
+// uniq makes a counters key unique to this run, since counters are
+// process-wide and never reset (go test -count=N reruns in one process).
+func uniq(s string) string { return fmt.Sprintf("%s-run%d", s, runID.Add(1)) }
+
+// clearDraining undoes a test's draining state; the set is process-wide.
+func clearDraining(t *testing.T, addrs ...string) {
+	t.Cleanup(func() {
+		for _, a := range addrs {
+			SetDraining(a, false)
+		}
+	})
+}
+
+func TestDraining(t *testing.T) {
+	a, b, c := "drain-test-a:80", "drain-test-b:80", "drain-test-c:80"
+	clearDraining(t, a, b, c)
+	// Other tests may leave other addresses draining; AnyDraining can
+	// only be checked when none do.
+	others := len(DrainingList()) > 0
+
+	steps := []struct {
+		addr        string
+		on, changed bool
+		list        []string
+	}{
+		{b, true, true, []string{b}},
+		{b, true, false, []string{b}},
+		{a, true, true, []string{a, b}},
+		{c, false, false, []string{a, b}},
+		{c, true, true, []string{a, b, c}},
+		{b, false, true, []string{a, c}},
+		{b, false, false, []string{a, c}},
+		{a, false, true, []string{c}},
+		{c, false, true, nil},
+	}
+	for i, s := range steps {
+		if got := SetDraining(s.addr, s.on); got != s.changed {
+			t.Fatalf("step %d: SetDraining(%s, %v) = %v, want %v", i, s.addr, s.on, got, s.changed)
+		}
+		var got []string
+		for _, x := range DrainingList() {
+			if strings.HasPrefix(x, "drain-test-") {
+				got = append(got, x)
+			}
+		}
+		if !slices.Equal(got, s.list) {
+			t.Fatalf("step %d: DrainingList = %v, want %v", i, got, s.list)
+		}
+		if !others && AnyDraining() != (len(s.list) > 0) {
+			t.Fatalf("step %d: AnyDraining = %v with %v draining", i, AnyDraining(), s.list)
+		}
+		for _, x := range []string{a, b, c} {
+			if IsDraining(x) != slices.Contains(s.list, x) {
+				t.Fatalf("step %d: IsDraining(%s) = %v", i, x, IsDraining(x))
+			}
+		}
+	}
+}
+
+func TestDrainingListIsACopy(t *testing.T) {
+	a := "drain-copy:80"
+	clearDraining(t, a)
+	SetDraining(a, true)
+	l := DrainingList()
+	l[0] = "changed"
+	if !IsDraining(a) || IsDraining("changed") {
+		t.Fatal("changing DrainingList's result changed the draining set")
+	}
+}
+
+func TestDrainingConcurrent(t *testing.T) {
+	var addrs []string
+	for i := 0; i < 16; i++ {
+		addrs = append(addrs, "drain-conc-"+string(rune('a'+i))+":80")
+	}
+	clearDraining(t, addrs...)
+	var wg sync.WaitGroup
+	for _, a := range addrs {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				SetDraining(a, i%2 == 0)
+			}
+			SetDraining(a, true)
+		}()
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				_ = IsDraining(a)
+				_ = AnyDraining()
+				_ = DrainingList()
+			}
+		}()
+	}
+	wg.Wait()
+	var got []string
+	for _, x := range DrainingList() {
+		if strings.HasPrefix(x, "drain-conc-") {
+			got = append(got, x)
+		}
+	}
+	if !slices.Equal(got, addrs) {
+		t.Fatalf("DrainingList = %v, want %v", got, addrs)
+	}
+}
+
+func TestCountersRecord(t *testing.T) {
+	var c Counters
+	c.Record(ResultHit, ReasonNone)
+	c.Record(ResultHit, ReasonNone)
+	c.Record(ResultNew, ReasonNone)
+	c.Record(ResultRebind, ReasonNone)
+	c.Record(ResultRejected, ReasonSignature)
+	c.Record(ResultRejected, ReasonSignature)
+	c.Record(ResultRejected, ReasonExpired)
+	c.Record(ResultRejected, ReasonUnknownUpstream)
+	// A reason only counts with a rejection.
+	c.Record(ResultNew, ReasonIdle)
+	// Out of range: ignored, no panic.
+	c.Record(numResults, ReasonMalformed)
+	c.Record(ResultRejected, numReasons)
+
+	// The out-of-range reason still counts as a rejection, under no reason.
+	want := map[Result]uint64{ResultHit: 2, ResultNew: 2, ResultRebind: 1, ResultRejected: 5}
+	for _, r := range Results() {
+		if got := c.Count(r); got != want[r] {
+			t.Errorf("Count(%v) = %d, want %d", r, got, want[r])
+		}
+	}
+	wantRej := map[Reason]uint64{ReasonSignature: 2, ReasonExpired: 1, ReasonUnknownUpstream: 1}
+	for _, r := range Reasons() {
+		if got := c.RejectedBy(r); got != wantRej[r] {
+			t.Errorf("RejectedBy(%v) = %d, want %d", r, got, wantRej[r])
+		}
+	}
+	if c.Count(numResults) != 0 || c.Count(255) != 0 || c.RejectedBy(numReasons) != 0 {
+		t.Error("out-of-range Count or RejectedBy is not zero")
+	}
+	var nilC *Counters
+	nilC.Record(ResultHit, ReasonNone) // must not panic
+}
+
+func TestCountersConcurrent(t *testing.T) {
+	addr := uniq("counters-conc:80")
+	c := CountersFor("test_concurrent", addr)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 1000; i++ {
+				CountersFor("test_concurrent", addr).Record(ResultRejected, ReasonIdle)
+			}
+		}()
+	}
+	wg.Wait()
+	if c.Count(ResultRejected) != 8000 || c.RejectedBy(ReasonIdle) != 8000 {
+		t.Fatalf("after 8000 concurrent records: %d rejected, %d idle", c.Count(ResultRejected), c.RejectedBy(ReasonIdle))
+	}
+}
+
+func TestCountersFor(t *testing.T) {
+	addrA, addrB := uniq("counters-a:80"), uniq("counters-b:80")
+	a := CountersFor("test_policy_x", addrA)
+	if CountersFor("test_policy_x", addrA) != a {
+		t.Fatal("CountersFor returned new counters for the same policy and address")
+	}
+	if CountersFor("test_policy_y", addrA) == a || CountersFor("test_policy_x", addrB) == a {
+		t.Fatal("CountersFor shares counters across policies or addresses")
+	}
+	a.Record(ResultHit, ReasonNone)
+	if CountersFor("test_policy_x", addrA).Count(ResultHit) != 1 {
+		t.Fatal("counts are not kept")
+	}
+}
+
+func TestEachCountersOrderAndKnown(t *testing.T) {
+	prefix := uniq("each-order") + "-"
+	if Known(prefix + "a:80") {
+		t.Fatal("address known before any counters exist")
+	}
+	// Created out of order on purpose.
+	for _, k := range [][2]string{
+		{"zeta", prefix + "b:80"},
+		{"alpha", prefix + "b:80"},
+		{"mid", prefix + "a:80"},
+		{"alpha", prefix + "c:80"},
+		{"beta", prefix + "a:80"},
+	} {
+		CountersFor(k[0], k[1]).Record(ResultNew, ReasonNone)
+	}
+	var got []string
+	EachCounters(func(policy, addr string, c *Counters) {
+		if c == nil {
+			t.Errorf("nil counters for %s %s", policy, addr)
+			return
+		}
+		if strings.HasPrefix(addr, prefix) {
+			got = append(got, addr+" "+policy)
+			if c.Count(ResultNew) != 1 {
+				t.Errorf("%s %s: Count(new) = %d, want 1", addr, policy, c.Count(ResultNew))
+			}
+		}
+	})
+	want := []string{
+		prefix + "a:80 beta", prefix + "a:80 mid",
+		prefix + "b:80 alpha", prefix + "b:80 zeta",
+		prefix + "c:80 alpha",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("EachCounters order:\n got %q\nwant %q", got, want)
+	}
+	for _, a := range []string{"a", "b", "c"} {
+		if !Known(prefix + a + ":80") {
+			t.Errorf("Known(%s) = false", a)
+		}
+	}
+	if Known(prefix + "d:80") {
+		t.Error("Known of an address without counters")
+	}
+}
+
+// TestEachCountersMayCreate checks that fn may create counters (the admin
+// API might look up another policy's counters) without deadlocking.
+func TestEachCountersMayCreate(t *testing.T) {
+	CountersFor("test_each_create", "each-create:80")
+	EachCounters(func(policy, addr string, _ *Counters) {
+		if addr == "each-create:80" {
+			CountersFor("test_each_create_2", addr)
+		}
+	})
+	if !Known("each-create:80") {
+		t.Fatal("address unknown")
+	}
+}
+
+func TestResultNames(t *testing.T) {
+	want := []string{"hit", "new", "rebind", "rejected"}
+	rs := Results()
+	if len(rs) != len(want) {
+		t.Fatalf("Results() = %v", rs)
+	}
+	for i, r := range rs {
+		if r.String() != want[i] {
+			t.Errorf("Result %d = %q, want %q", i, r.String(), want[i])
+		}
+	}
+	if Result(99).String() != "unknown" {
+		t.Errorf("Result(99).String() = %q", Result(99).String())
+	}
+}

@@ -1,0 +1,267 @@
+package cookie
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func parseCaddyfile(input string) (*StickyCookie, error) {
+	s := new(StickyCookie)
+	err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+	return s, err
+}
+
+func jsonEqual(t *testing.T, got json.RawMessage, want string) {
+	t.Helper()
+	var g, w any
+	if err := json.Unmarshal(got, &g); err != nil {
+		t.Fatalf("invalid JSON %s: %v", got, err)
+	}
+	if err := json.Unmarshal([]byte(want), &w); err != nil {
+		t.Fatalf("invalid expected JSON %s: %v", want, err)
+	}
+	if !reflect.DeepEqual(g, w) {
+		t.Fatalf("JSON = %s, want %s", got, want)
+	}
+}
+
+func TestUnmarshalCaddyfileEveryOption(t *testing.T) {
+	s, err := parseCaddyfile(`sticky_cookie srv {
+		mode           insert
+		secret         {env.AFFINITY_KEY} second-secret-0123456789
+		max_age        7d
+		idle_timeout   30m
+		max_lifetime   12h
+		path           /app
+		domain         example.com
+		secure         always
+		same_site      strict
+		http_only      off
+		forward_cookie on
+		fallback       random_choose 3
+		on_failure     strict
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := false
+	want := StickyCookie{
+		Mode: "insert", Name: "srv",
+		Secrets:     []string{"{env.AFFINITY_KEY}", "second-secret-0123456789"},
+		MaxAge:      caddy.Duration(7 * 24 * time.Hour),
+		IdleTimeout: caddy.Duration(30 * time.Minute),
+		MaxLifetime: caddy.Duration(12 * time.Hour),
+		Path:        "/app", Domain: "example.com", Secure: "always", SameSite: "strict",
+		HTTPOnly: &off, ForwardCookie: true, OnFailure: "strict",
+	}
+	jsonEqual(t, s.FallbackRaw, `{"policy":"random_choose","choose":3}`)
+	s.FallbackRaw = nil
+	if !reflect.DeepEqual(*s.HTTPOnly, *want.HTTPOnly) {
+		t.Errorf("http_only = %v", *s.HTTPOnly)
+	}
+	s.HTTPOnly, want.HTTPOnly = nil, nil
+	gotJSON, _ := json.Marshal(s)
+	wantJSON, _ := json.Marshal(&want)
+	if string(gotJSON) != string(wantJSON) {
+		t.Fatalf("parsed\n %s\nwant\n %s", gotJSON, wantJSON)
+	}
+}
+
+func TestUnmarshalCaddyfileOptions(t *testing.T) {
+	on, off := true, false
+	for _, tc := range []struct {
+		input string
+		check func(*StickyCookie) bool
+	}{
+		{"sticky_cookie", func(s *StickyCookie) bool { return reflect.DeepEqual(s, new(StickyCookie)) }},
+		{"sticky_cookie {\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s, new(StickyCookie)) }},
+		{"sticky_cookie SESSID", func(s *StickyCookie) bool { return s.Name == "SESSID" }},
+		{"sticky_cookie {\nmode rewrite\n}", func(s *StickyCookie) bool { return s.Mode == "rewrite" }},
+		{"sticky_cookie {\nsecret a\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s.Secrets, []string{"a"}) }},
+		{"sticky_cookie {\nsecrets a b\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s.Secrets, []string{"a", "b"}) }},
+		{"sticky_cookie {\nmax_age 90s\n}", func(s *StickyCookie) bool { return s.MaxAge == caddy.Duration(90*time.Second) }},
+		{"sticky_cookie {\nmax_age 0\n}", func(s *StickyCookie) bool { return s.MaxAge == 0 }},
+		{"sticky_cookie {\nidle_timeout 1h30m\n}", func(s *StickyCookie) bool { return s.IdleTimeout == caddy.Duration(90*time.Minute) }},
+		{"sticky_cookie {\nmax_lifetime 1d\n}", func(s *StickyCookie) bool { return s.MaxLifetime == caddy.Duration(24*time.Hour) }},
+		{"sticky_cookie {\npath /\n}", func(s *StickyCookie) bool { return s.Path == "/" }},
+		{"sticky_cookie {\ndomain .example.com\n}", func(s *StickyCookie) bool { return s.Domain == ".example.com" }},
+		{"sticky_cookie {\nsecure never\n}", func(s *StickyCookie) bool { return s.Secure == "never" }},
+		{"sticky_cookie {\nsecure auto\n}", func(s *StickyCookie) bool { return s.Secure == "auto" }},
+		{"sticky_cookie {\nsame_site none\n}", func(s *StickyCookie) bool { return s.SameSite == "none" }},
+		{"sticky_cookie {\nsame_site lax\n}", func(s *StickyCookie) bool { return s.SameSite == "lax" }},
+		{"sticky_cookie {\nhttp_only on\n}", func(s *StickyCookie) bool { return s.HTTPOnly != nil && *s.HTTPOnly == on }},
+		{"sticky_cookie {\nhttp_only false\n}", func(s *StickyCookie) bool { return s.HTTPOnly != nil && *s.HTTPOnly == off }},
+		{"sticky_cookie {\nforward_cookie yes\n}", func(s *StickyCookie) bool { return s.ForwardCookie }},
+		{"sticky_cookie {\nforward_cookie off\n}", func(s *StickyCookie) bool { return !s.ForwardCookie }},
+		{"sticky_cookie {\non_failure rebind\n}", func(s *StickyCookie) bool { return s.OnFailure == "rebind" }},
+	} {
+		s, err := parseCaddyfile(tc.input)
+		if err != nil {
+			t.Errorf("%q: %v", tc.input, err)
+			continue
+		}
+		if !tc.check(s) {
+			t.Errorf("%q parsed to %+v", tc.input, s)
+		}
+	}
+}
+
+func TestUnmarshalCaddyfileFallback(t *testing.T) {
+	for _, tc := range []struct {
+		input, want string
+	}{
+		{"fallback first", `{"policy":"first"}`},
+		{"fallback random_choose 2", `{"policy":"random_choose","choose":2}`},
+		{"fallback weighted_round_robin 1 2", `{"policy":"weighted_round_robin","weights":[1,2]}`},
+		{"fallback cookie lb2 {\n\t\tfallback first\n\t}", `{"policy":"cookie","name":"lb2","fallback":{"policy":"first"}}`},
+		{"fallback sticky_cookie inner {\n\t\tfallback least_conn\n\t\tmax_age 1h\n\t}",
+			`{"policy":"sticky_cookie","name":"inner","max_age":3600000000000,"fallback":{"policy":"least_conn"}}`},
+	} {
+		// The option after the fallback proves the dispenser is left at
+		// the end of the fallback's segment, block included.
+		input := "sticky_cookie {\n\t" + tc.input + "\n\ton_failure strict\n}"
+		s, err := parseCaddyfile(input)
+		if err != nil {
+			t.Errorf("%q: %v", tc.input, err)
+			continue
+		}
+		jsonEqual(t, s.FallbackRaw, tc.want)
+		if s.OnFailure != "strict" {
+			t.Errorf("%q: the option after fallback was lost", tc.input)
+		}
+	}
+}
+
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		input string
+		want  []string // each must appear in the error
+	}{
+		{"unknown option", "sticky_cookie {\n\tmode insert\n\tbogus 1\n}", []string{"unrecognized option 'bogus'", "Testfile:3"}},
+		{"duplicate option", "sticky_cookie {\n\tmode insert\n\tmode insert\n}", []string{"mode: option given more than once", "Testfile:3"}},
+		{"duplicate secret", "sticky_cookie {\n\tsecret a\n\tsecret b\n}", []string{"secret: option given more than once", "Testfile:3"}},
+		{"duplicate secret through its alias", "sticky_cookie {\n\tsecret a\n\tsecrets b\n}", []string{"more than once", "Testfile:3"}},
+		{"missing value", "sticky_cookie {\n\tmax_age\n}", []string{"max_age: expected a value", "Testfile:2"}},
+		{"missing enum value", "sticky_cookie {\n\tmode\n}", []string{"mode: expected a value", "Testfile:2"}},
+		{"extra value", "sticky_cookie {\n\tpath / /x\n}", []string{"path: expected one value, got extra '/x'", "Testfile:2"}},
+		{"extra duration", "sticky_cookie {\n\tidle_timeout 1m 2m\n}", []string{"idle_timeout: expected one value", "Testfile:2"}},
+		{"bad mode", "sticky_cookie {\n\tmode prefix\n}", []string{"mode: expected one of insert, rewrite, got 'prefix'", "Testfile:2"}},
+		{"bad secure", "sticky_cookie {\n\tsecure maybe\n}", []string{"secure: expected one of auto, always, never", "Testfile:2"}},
+		{"bad same_site", "sticky_cookie {\n\tsame_site lenient\n}", []string{"same_site: expected one of", "'lenient'", "Testfile:2"}},
+		{"bad on_failure", "sticky_cookie {\n\ton_failure retry\n}", []string{"on_failure: expected one of rebind, strict", "Testfile:2"}},
+		{"bad on/off", "sticky_cookie {\n\thttp_only maybe\n}", []string{"http_only: expected on or off", "Testfile:2"}},
+		{"bad forward_cookie", "sticky_cookie {\n\tforward_cookie 1\n}", []string{"forward_cookie: expected on or off", "Testfile:2"}},
+		{"bad duration", "sticky_cookie {\n\tidle_timeout soon\n}", []string{"idle_timeout: invalid duration 'soon'", "Testfile:2"}},
+		{"negative duration", "sticky_cookie {\n\tmax_lifetime -1h\n}", []string{"max_lifetime: duration must not be negative", "Testfile:2"}},
+		{"negative max_age", "sticky_cookie {\n\tmax_age -5s\n}", []string{"max_age: duration must not be negative", "Testfile:2"}},
+		{"relative path", "sticky_cookie {\n\tpath app\n}", []string{"path: must start with /", "Testfile:2"}},
+		{"empty path", "sticky_cookie {\n\tpath \"\"\n}", []string{"path: must start with /", "Testfile:2"}},
+		{"bad cookie name", "sticky_cookie \"a b\"", []string{"'a b' is not a valid cookie name", "Testfile:1"}},
+		{"cookie name with =", "sticky_cookie a=b", []string{"'a=b' is not a valid cookie name", "Testfile:1"}},
+		{"extra argument", "sticky_cookie a b", []string{"at most one argument", "'b'", "Testfile:1"}},
+		{"empty secret list", "sticky_cookie {\n\tsecret\n}", []string{"secret: expected at least one key", "Testfile:2"}},
+		{"empty secrets list", "sticky_cookie {\n\tsecrets\n}", []string{"secrets: expected at least one key", "Testfile:2"}},
+		{"missing fallback", "sticky_cookie {\n\tfallback\n}", []string{"fallback: expected a module name", "Testfile:2"}},
+		{"bad fallback module", "sticky_cookie {\n\tfallback nope\n}", []string{"fallback:", "nope", "Testfile:2"}},
+		{"bad fallback arguments", "sticky_cookie {\n\tfallback random_choose two\n}", []string{"fallback:", "Testfile:2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseCaddyfile(tc.input)
+			if err == nil {
+				t.Fatalf("%q parsed without error", tc.input)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			// The dispenser adds the location once; a second copy means
+			// an error was wrapped with its location twice.
+			if n := strings.Count(err.Error(), "Testfile:"); n != 1 {
+				t.Errorf("error %q names the location %d times", err, n)
+			}
+		})
+	}
+}
+
+// TestValidateRewriteInsertOnly: in rewrite mode the backend's cookie keeps
+// its attributes, so options that only shape an inserted cookie are errors.
+func TestValidateRewriteInsertOnly(t *testing.T) {
+	for opt, line := range map[string]string{
+		"max_age":        "max_age 1h",
+		"idle_timeout":   "idle_timeout 10m",
+		"domain":         "domain example.com",
+		"path":           "path /app",
+		"secure":         "secure always",
+		"same_site":      "same_site strict",
+		"http_only":      "http_only on",
+		"forward_cookie": "forward_cookie on",
+	} {
+		s, err := parseCaddyfile("sticky_cookie SESSID {\n\tmode rewrite\n\t" + line + "\n}")
+		if err != nil {
+			t.Fatalf("%s: parse: %v", opt, err)
+		}
+		err = s.Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), opt+":") || !strings.Contains(err.Error(), "insert mode only") {
+			t.Errorf("%s in rewrite mode: Validate = %v", opt, err)
+		}
+	}
+	// What rewrite mode does use is fine.
+	s, err := parseCaddyfile("sticky_cookie SESSID {\n\tmode rewrite\n\tmax_lifetime 1h\n\ton_failure strict\n\tsecret a-long-enough-secret-value\n\tfallback first\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(); err != nil {
+		t.Fatalf("valid rewrite config: %v", err)
+	}
+	// Rewrite mode needs the backend's cookie name.
+	s, _ = parseCaddyfile("sticky_cookie {\n\tmode rewrite\n}")
+	if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), "name:") {
+		t.Errorf("rewrite without a name: %v", err)
+	}
+	s, _ = parseCaddyfile("sticky_cookie {\n\tsame_site none\n\tsecure never\n}")
+	s.Mode, s.Name = ModeInsert, "affinity" // as Provision fills them in
+	if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), "same_site:") {
+		t.Errorf("same_site none with secure never: %v", err)
+	}
+}
+
+// TestValidateErrorIsDeterministic: a config with several mistakes must get
+// the same error every time it is loaded.
+func TestValidateErrorIsDeterministic(t *testing.T) {
+	s, err := parseCaddyfile("sticky_cookie SESSID {\n\tmode rewrite\n\tmax_age 1h\n\tdomain example.com\n\tsecure always\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 50; i++ {
+		seen[s.Validate().Error()] = true
+	}
+	if len(seen) != 1 {
+		t.Fatalf("Validate reports %d different errors for one config: %v", len(seen), seen)
+	}
+}
+
+func TestHandlerUnmarshalCaddyfile(t *testing.T) {
+	var h Handler
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("affinity")); err != nil {
+		t.Fatalf("affinity: %v", err)
+	}
+	for input, want := range map[string]string{
+		"affinity foo":          "wrong argument count",
+		"affinity {\n\tfoo\n}":  "affinity takes no options, got 'foo'",
+		"affinity {\n\tmode\n}": "Testfile:2",
+	} {
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error containing %q", input, err, want)
+		}
+	}
+}
