@@ -131,8 +131,12 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	// Caddy calls Select again for each retry of a request: an upstream
 	// that already failed it is unavailable to it, and the client rebinds.
 	tried := triedUpstreams(vars)
-	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now,
-		func(i int) bool { return pool[i].Available() && (tried == nil || !slices.Contains(tried, pool[i])) }, load)
+	avail := func(i int) bool { return pool[i].Available() && (tried == nil || !slices.Contains(tried, pool[i])) }
+	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
+	if p.Stale(i, pool[max(i, 0)].Dial) {
+		p = s.pools.Refresh(pool)
+		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
+	}
 	if i < 0 {
 		return s.fallbackSelect(pool, r, w)
 	}

@@ -38,6 +38,11 @@ func NewIPPool(policy string, addrs []string) *IPPool {
 	return p
 }
 
+// Stale reports whether the upstream at position i of the caller's pool is
+// not the one p has there: the pool was changed in place, and the caller
+// must refresh p and choose again.
+func (p *IPPool) Stale(i int, addr string) bool { return i >= 0 && p.Addrs[i] != addr }
+
 // ChooseIP picks the upstream for client k: its session's upstream while
 // that is available, else the consistent-hash choice among available
 // upstreams that are not draining (with bounded loads when configured),

@@ -54,8 +54,9 @@ func (x *Index) SigningID(i int) uint64 { return x.sign[i] }
 
 // PoolCache keeps state derived from a pool of upstreams (an index, a hash
 // table, counters) and rebuilds it only when the pool changes. U is the
-// engine's upstream type. Get is safe for concurrent use and, for a pool it
-// has seen, costs a pointer comparison.
+// engine's upstream type. Get is safe for concurrent use and, for the very
+// slice it has seen (Caddy passes its configured upstreams slice on every
+// request), costs one pointer comparison: O(1) in the size of the pool.
 type PoolCache[U comparable, S any] struct {
 	// Addr returns an upstream's address, its identity.
 	Addr func(U) string
@@ -67,24 +68,36 @@ type PoolCache[U comparable, S any] struct {
 }
 
 type poolSnap[U comparable, S any] struct {
-	ups   []U
+	orig  []U // the caller's slice, for the identity check
+	ups   []U // a copy, to detect changes made in place
 	addrs []string
 	state S
 }
 
-// Get returns the state for pool.
+// Get returns the state for pool. Callers that find the state's address
+// for a position differing from the upstream there (the slice was changed
+// in place, which Caddy does not do) call Refresh.
 func (c *PoolCache[U, S]) Get(pool []U) S {
-	if s := c.cur.Load(); s != nil && samePool(s.ups, pool) {
+	if s := c.cur.Load(); s != nil && len(s.orig) == len(pool) && (len(pool) == 0 || &s.orig[0] == &pool[0]) {
 		return s.state
 	}
 	return c.rebuild(pool)
 }
+
+// Refresh compares pool with the cached one element by element and
+// rebuilds the state if they differ.
+func (c *PoolCache[U, S]) Refresh(pool []U) S { return c.rebuild(pool) }
 
 func (c *PoolCache[U, S]) rebuild(pool []U) S {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.cur.Load()
 	if s != nil && samePool(s.ups, pool) {
+		if len(pool) > 0 && &s.orig[0] != &pool[0] {
+			// The same upstreams in another slice: remember this one for
+			// the identity check.
+			c.cur.Store(&poolSnap[U, S]{orig: pool, ups: s.ups, addrs: s.addrs, state: s.state})
+		}
 		return s.state
 	}
 	addrs := make([]string, len(pool))
@@ -95,10 +108,10 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 	if s != nil && sameStrings(s.addrs, addrs) {
 		// Same upstreams behind new objects (a reload, dynamic upstreams):
 		// keep the derived state.
-		c.cur.Store(&poolSnap[U, S]{ups: ups, addrs: s.addrs, state: s.state})
+		c.cur.Store(&poolSnap[U, S]{orig: pool, ups: ups, addrs: s.addrs, state: s.state})
 		return s.state
 	}
-	n := &poolSnap[U, S]{ups: ups, addrs: addrs, state: c.Build(addrs)}
+	n := &poolSnap[U, S]{orig: pool, ups: ups, addrs: addrs, state: c.Build(addrs)}
 	c.cur.Store(n)
 	return n.state
 }

@@ -133,6 +133,7 @@ type StickyCookie struct {
 
 // poolState is what the policy derives from a pool once.
 type poolState struct {
+	addrs    []string
 	index    *affinity.Index
 	counters []*affinity.Counters
 }
@@ -208,7 +209,7 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 	RegisterParentUpstreams(ctx, PolicyName)
 	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
 	s.pools.Build = func(addrs []string) *poolState {
-		ps := &poolState{index: s.keys.NewIndex(addrs), counters: make([]*affinity.Counters, len(addrs))}
+		ps := &poolState{addrs: addrs, index: s.keys.NewIndex(addrs), counters: make([]*affinity.Counters, len(addrs))}
 		for i, a := range addrs {
 			ps.counters[i] = affinity.CountersFor(PolicyName, a)
 		}
@@ -363,7 +364,13 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	idx := -1
 	issued := affinity.UnixSeconds(now)
 	if st.valid {
-		if i, ok := ps.index.Lookup(st.key, st.tok.Upstream); !ok {
+		i, ok := ps.index.Lookup(st.key, st.tok.Upstream)
+		if ok && ps.addrs[i] != pool[i].Dial {
+			// The pool changed in place since the state was built.
+			ps = s.pools.Refresh(pool)
+			i, ok = ps.index.Lookup(st.key, st.tok.Upstream)
+		}
+		if !ok {
 			result, reason = affinity.ResultRejected, affinity.ReasonUnknownUpstream
 			if s.rewrite {
 				// The backend may never set its cookie again, so this
@@ -396,6 +403,9 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 			return nil
 		}
 		idx = indexOf(pool, up)
+		if idx >= 0 && ps.addrs[idx] != up.Dial {
+			ps = s.pools.Refresh(pool)
+		}
 	}
 	st.tried = append(st.tried, up)
 	if idx >= 0 {

@@ -1145,3 +1145,25 @@ func BenchmarkSetCookie(b *testing.B) {
 		}
 	})
 }
+
+// A pool slice changed in place (Caddy does not, but a dynamic upstream
+// source could) must not send a cookie to the upstream now at its old
+// position: the O(1) cache check is backed by a per-selection address check.
+func TestSelectPoolChangedInPlace(t *testing.T) {
+	pool := testPool(3)
+	s := provision(t, &StickyCookie{FallbackRaw: fallback("first")})
+	now := time.Now()
+	val := insertCookie(s, pool, 1, now, now)
+	if up := s.Select(pool, newRequest("affinity="+val), httptest.NewRecorder()); up != pool[1] {
+		t.Fatalf("valid cookie went to %v, want %s", up, pool[1].Dial)
+	}
+	pool[1] = &reverseproxy.Upstream{Host: new(reverseproxy.Host), Dial: "10.9.9.9:1"}
+	w := httptest.NewRecorder()
+	up := s.Select(pool, newRequest("affinity="+val), w)
+	if up == pool[1] {
+		t.Fatalf("a cookie for the removed upstream went to %s, now at its position", up.Dial)
+	}
+	if len(w.Header()["Set-Cookie"]) != 1 {
+		t.Fatalf("the session was not rebound with a fresh cookie: %q", w.Header()["Set-Cookie"])
+	}
+}

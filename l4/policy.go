@@ -209,8 +209,12 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	case []*l4proxy.Upstream:
 		tried = v
 	}
-	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(),
-		func(i int) bool { return available(up[i], conn) && !slices.Contains(tried, up[i]) }, load)
+	avail := func(i int) bool { return available(up[i], conn) && !slices.Contains(tried, up[i]) }
+	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
+	if p.Stale(i, up[max(i, 0)].String()) {
+		p = s.pools.Refresh(up)
+		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
+	}
 	if i < 0 {
 		return s.fallbackSelect(up, conn)
 	}
