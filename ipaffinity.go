@@ -74,7 +74,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if err := s.Config.Provision(ctx, IPPolicyName); err != nil {
+	if err := s.Config.Provision(ctx, IPPolicyName, ""); err != nil {
 		return err
 	}
 	if s.FallbackRaw != nil {

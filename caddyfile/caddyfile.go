@@ -7,6 +7,7 @@ package caddyfile
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -114,7 +115,7 @@ func Float(d *caddyfile.Dispenser, lo, hi float64) (float64, error) {
 		return 0, err
 	}
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < lo || f > hi {
+	if err != nil || math.IsNaN(f) || f < lo || f > hi {
 		return 0, d.Errf("%s: expected a number from %g to %g, got '%s'", opt, lo, hi, v)
 	}
 	return f, nil
@@ -156,9 +157,12 @@ func Module(d *caddyfile.Dispenser, namespace, inlineKey string) (json.RawMessag
 	modID := namespace + "." + name
 	unm, err := caddyfile.UnmarshalModule(d, modID)
 	if err != nil {
-		// The error already carries its file and line: from this
-		// dispenser for an unknown module, from the guest's own (over
-		// the same tokens) for its arguments.
+		// Caddy's errors already carry their file and line; a guest
+		// module's own may not (caddy-l4's random_choose returns a bare
+		// strconv error): add them then.
+		if !strings.Contains(err.Error(), ", at "+d.File()+":") {
+			return nil, d.Errf("%s: %v", opt, err)
+		}
 		return nil, fmt.Errorf("%s: %w", opt, err)
 	}
 	return caddyconfig.JSONModuleObject(unm, inlineKey, name, nil), nil

@@ -8,11 +8,13 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
@@ -104,36 +106,40 @@ func (v *tableValue) Destruct() error {
 }
 
 // ordinals numbers the policies of one config load that have the same
-// options, so each gets a table of its own and the same one again on the
-// next load of the same config.
+// options in the same scope, so each gets a table of its own and the same
+// one again on the next load of the same config. A load is identified by
+// its metrics registry, which Caddy makes anew for every load.
 var ordinals struct {
 	sync.Mutex
-	m map[context.Context]map[string]int
+	m map[any]map[string]int
 }
 
-func ordinal(ctx context.Context, key string) int {
+func ordinal(load any, key string) int {
 	ordinals.Lock()
 	defer ordinals.Unlock()
 	if ordinals.m == nil {
-		ordinals.m = make(map[context.Context]map[string]int)
+		ordinals.m = make(map[any]map[string]int)
 	}
-	if ordinals.m[ctx] == nil {
-		ordinals.m[ctx] = make(map[string]int)
+	if ordinals.m[load] == nil {
+		ordinals.m[load] = make(map[string]int)
 	}
-	ordinals.m[ctx][key]++
-	return ordinals.m[ctx][key]
+	ordinals.m[load][key]++
+	return ordinals.m[load][key]
 }
 
-func forgetOrdinals(ctx context.Context) {
+func forgetOrdinals(load any) {
 	ordinals.Lock()
 	defer ordinals.Unlock()
-	delete(ordinals.m, ctx)
+	delete(ordinals.m, load)
 }
 
 // Provision fills defaults and, with persist_timeout, loads or creates the
 // session table of this policy. policy is the policy kind ("ip_affinity"
-// or "layer4_ip_affinity"). Call Cleanup when the config is unloaded.
-func (c *Config) Provision(ctx caddy.Context, policy string) error {
+// or "layer4_ip_affinity"). Policies with the same options are told apart
+// across reloads by their HTTP server (its listen addresses), by scope
+// (which the caller may add), and by their order among such policies.
+// Call Cleanup when the config is unloaded.
+func (c *Config) Provision(ctx caddy.Context, policy, scope string) error {
 	if c.IPv4Prefix == 0 {
 		c.IPv4Prefix = affinity.DefaultIPv4Prefix
 	}
@@ -153,14 +159,21 @@ func (c *Config) Provision(ctx caddy.Context, policy string) error {
 	max := c.MaxSessions
 	if c.MaxSessionsBytes > 0 {
 		max = affinity.EntriesForBytes(c.MaxSessionsBytes)
+		if max == 0 {
+			return fmt.Errorf("max_sessions: %d bytes hold no session; each takes up to %d bytes", c.MaxSessionsBytes, affinity.SessionEntryBytes)
+		}
 	}
 	if max <= 0 {
 		max = DefaultMaxSessions
 	}
 	c.opts.MaxSessions = max
-	key := fmt.Sprintf("%s/v4=%d/v6=%d/ttl=%s/max=%d", policy, c.IPv4Prefix, c.IPv6Prefix, time.Duration(c.PersistTimeout), max)
-	key = fmt.Sprintf("%s#%d", key, ordinal(ctx.Context, key))
-	ctx.OnCancel(func() { forgetOrdinals(ctx.Context) })
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil {
+		scope = strings.Join(srv.Listen, ",") + "|" + scope
+	}
+	key := fmt.Sprintf("%s/scope=%s/v4=%d/v6=%d/ttl=%s/max=%d", policy, scope, c.IPv4Prefix, c.IPv6Prefix, time.Duration(c.PersistTimeout), max)
+	load := any(ctx.GetMetricsRegistry())
+	key = fmt.Sprintf("%s#%d", key, ordinal(load, key))
+	context.AfterFunc(ctx, func() { forgetOrdinals(load) })
 	v, _, err := tables.LoadOrNew(key, func() (caddy.Destructor, error) {
 		t := affinity.NewSessionTable(max, time.Duration(c.PersistTimeout))
 		affinity.RegisterTable(policy, t)
@@ -211,9 +224,9 @@ func (c *Config) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	case "ipv6_prefix":
 		c.IPv6Prefix, err = parse.Int(d, 1, 128)
 	case "balance_factor":
-		c.BalanceFactor, err = parse.Float(d, 1.0000001, 100)
-		if err != nil {
-			err = d.Errf("balance_factor: expected a number greater than 1 (e.g. 1.25), got '%s'", d.Val())
+		c.BalanceFactor, err = parse.Float(d, 1, 100)
+		if err == nil && c.BalanceFactor == 1 {
+			err = d.Errf("balance_factor: expected a number greater than 1 (e.g. 1.25), got '1'")
 		}
 	case "persist_timeout":
 		c.PersistTimeout, err = parse.Duration(d)

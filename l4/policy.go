@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -76,7 +77,10 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if err := s.Config.Provision(ctx, PolicyName); err != nil {
+	// caddy-l4 gives its servers no identity a policy can see, so policies
+	// with the same options are told apart by their upstreams: a reload
+	// that changes a proxy's upstreams starts its session table afresh.
+	if err := s.Config.Provision(ctx, PolicyName, parentUpstreams(ctx)); err != nil {
 		return err
 	}
 	if s.FallbackRaw != nil {
@@ -135,18 +139,39 @@ func activeConnections(reg *prometheus.Registry) (*prometheus.GaugeVec, error) {
 	return nil, fmt.Errorf("cannot read layer4 connection counts: %v", err)
 }
 
-// registerParentUpstreams makes the proxy handler's upstreams known to the
-// admin API before any connection.
-func registerParentUpstreams(ctx caddy.Context) {
+// parentHandler is the proxy handler that loads the policy.
+func parentHandler(ctx caddy.Context) *l4proxy.Handler {
 	mods := ctx.Modules()
 	for i := len(mods) - 1; i >= 0; i-- {
 		if h, ok := mods[i].(*l4proxy.Handler); ok {
-			for _, u := range h.Upstreams {
-				if u != nil && len(u.Dial) > 0 {
-					affinity.CountersFor(PolicyName, u.String())
-				}
+			return h
+		}
+	}
+	return nil
+}
+
+// parentUpstreams lists the proxy handler's upstreams, sorted.
+func parentUpstreams(ctx caddy.Context) string {
+	var addrs []string
+	if h := parentHandler(ctx); h != nil {
+		for _, u := range h.Upstreams {
+			if u != nil && len(u.Dial) > 0 {
+				addrs = append(addrs, u.String())
 			}
-			return
+		}
+	}
+	slices.Sort(addrs)
+	return strings.Join(addrs, " ")
+}
+
+// registerParentUpstreams makes the proxy handler's upstreams known to the
+// admin API before any connection.
+func registerParentUpstreams(ctx caddy.Context) {
+	if h := parentHandler(ctx); h != nil {
+		for _, u := range h.Upstreams {
+			if u != nil && len(u.Dial) > 0 {
+				affinity.CountersFor(PolicyName, u.String())
+			}
 		}
 	}
 }
