@@ -12,7 +12,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
@@ -141,14 +140,7 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 		return s.fallbackSelect(pool, r, w)
 	}
 	rememberTried(vars, tried, pool[i])
-	level := zapcore.DebugLevel
-	if res == affinity.ResultRebind {
-		level = zapcore.InfoLevel
-	}
-	if c := s.logger.Check(level, "affinity decision"); c != nil {
-		c.Write(zap.String("policy", IPPolicyName), zap.String("client", k.String()),
-			zap.String("upstream", pool[i].Dial), zap.String("result", res.String()))
-	}
+	ip.LogDecision(s.logger, IPPolicyName, k, pool[i].Dial, res)
 	return pool[i]
 }
 
@@ -205,21 +197,7 @@ func (s *IPAffinity) clientAddr(r *http.Request, vars map[string]any) string {
 //		fallback        <policy> [<args...>] [{ ... }]
 //	}
 func (s *IPAffinity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume policy name
-	if d.NextArg() {
-		return d.Errf("ip_affinity: takes no arguments, got '%s'; options go in a block", d.Val())
-	}
-	seen := parse.Options{}
-	for d.NextBlock(0) {
-		if err := seen.Start(d); err != nil {
-			return err
-		}
-		if ok, err := s.Config.UnmarshalOption(d); ok {
-			if err != nil {
-				return err
-			}
-			continue
-		}
+	return s.Config.ParseBlock(d, func(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "source":
@@ -227,13 +205,10 @@ func (s *IPAffinity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "fallback":
 			s.FallbackRaw, err = parse.Module(d, "http.reverse_proxy.selection_policies", "policy")
 		default:
-			return parse.Unknown(d)
+			err = parse.Unknown(d)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 // Interface guards

@@ -1,6 +1,7 @@
 package affinity
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -92,7 +93,7 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.cur.Load()
-	if s != nil && samePool(s.ups, pool) {
+	if s != nil && slices.Equal(s.ups, pool) {
 		if len(pool) > 0 && &s.orig[0] != &pool[0] {
 			// The same upstreams in another slice: remember this one for
 			// the identity check.
@@ -105,7 +106,7 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 		addrs[i] = c.Addr(u)
 	}
 	ups := append([]U(nil), pool...)
-	if s != nil && sameStrings(s.addrs, addrs) {
+	if s != nil && slices.Equal(s.addrs, addrs) {
 		// Same upstreams behind new objects (a reload, dynamic upstreams):
 		// keep the derived state.
 		c.cur.Store(&poolSnap[U, S]{orig: pool, ups: ups, addrs: s.addrs, state: s.state})
@@ -114,28 +115,4 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 	n := &poolSnap[U, S]{orig: pool, ups: ups, addrs: addrs, state: c.Build(addrs)}
 	c.cur.Store(n)
 	return n.state
-}
-
-func samePool[U comparable](a, b []U) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func sameStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

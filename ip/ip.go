@@ -15,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
@@ -236,4 +238,43 @@ func (c *Config) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 		return false, nil
 	}
 	return true, err
+}
+
+// ParseBlock parses the block of an ip_affinity policy whose name is under
+// the dispenser's cursor: the shared options here, and the policy's own
+// (fallback, source) through own, which reports an unknown option as such.
+func (c *Config) ParseBlock(d *caddyfile.Dispenser, own func(d *caddyfile.Dispenser) error) error {
+	d.Next() // consume policy name
+	if d.NextArg() {
+		return d.Errf("ip_affinity: takes no arguments, got '%s'; options go in a block", d.Val())
+	}
+	seen := parse.Options{}
+	for d.NextBlock(0) {
+		if err := seen.Start(d); err != nil {
+			return err
+		}
+		if ok, err := c.UnmarshalOption(d); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if err := own(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LogDecision logs one decision of an IP policy: at debug level, or at info
+// level for a rebind. It costs nothing when neither is enabled.
+func LogDecision(logger *zap.Logger, policy string, client affinity.ClientKey, upstream string, res affinity.Result) {
+	level := zapcore.DebugLevel
+	if res == affinity.ResultRebind {
+		level = zapcore.InfoLevel
+	}
+	if c := logger.Check(level, "affinity decision"); c != nil {
+		c.Write(zap.String("policy", policy), zap.String("client", client.String()),
+			zap.String("upstream", upstream), zap.String("result", res.String()))
+	}
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
@@ -248,14 +247,7 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	} else {
 		conn.SetVar(triedVarKey, append(tried, up[i]))
 	}
-	level := zapcore.DebugLevel
-	if res == affinity.ResultRebind {
-		level = zapcore.InfoLevel
-	}
-	if c := s.logger.Check(level, "affinity decision"); c != nil {
-		c.Write(zap.String("policy", PolicyName), zap.String("client", k.String()),
-			zap.String("upstream", up[i].String()), zap.String("result", res.String()))
-	}
+	ip.LogDecision(s.logger, PolicyName, k, up[i].String(), res)
 	return up[i]
 }
 
@@ -277,35 +269,17 @@ func (s *IPAffinity) fallbackSelect(up l4proxy.UpstreamPool, conn *layer4.Connec
 //		fallback        <policy> [<args...>] [{ ... }]
 //	}
 func (s *IPAffinity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume policy name
-	if d.NextArg() {
-		return d.Errf("ip_affinity: takes no arguments, got '%s'; options go in a block", d.Val())
-	}
-	seen := parse.Options{}
-	for d.NextBlock(0) {
-		if err := seen.Start(d); err != nil {
-			return err
-		}
-		if ok, err := s.Config.UnmarshalOption(d); ok {
-			if err != nil {
-				return err
-			}
-			continue
-		}
+	return s.Config.ParseBlock(d, func(d *caddyfile.Dispenser) error {
 		switch d.Val() {
 		case "fallback":
 			raw, err := parse.Module(d, "layer4.proxy.selection_policies", "policy")
-			if err != nil {
-				return err
-			}
 			s.FallbackRaw = raw
+			return err
 		case "source":
 			return d.Errf("source: not for layer4; the client is always the connection's remote address (run proxy_protocol first to use the PROXY header's)")
-		default:
-			return parse.Unknown(d)
 		}
-	}
-	return nil
+		return parse.Unknown(d)
+	})
 }
 
 // Interface guards
