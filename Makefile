@@ -1,12 +1,12 @@
 # caddy-affinity: `make demo` and `make test` are the quick start.
 GO      ?= go
 CADDY   := bin/caddy
-SOURCES := $(shell find . -name '*.go' -not -path './bin/*') go.mod go.sum
+SOURCES := $(shell find . -name '*.go' -not -path './bin/*' -not -path './bench/*') go.mod go.sum
 
 # The integration tests, the demo and the benchmarks share one Caddy build.
 export AFFINITY_CADDY := $(CURDIR)/$(CADDY)
 
-.PHONY: demo test caddy deps vet fmt-check unit fuzz bench soak clean
+.PHONY: demo test caddy deps vet fmt-check unit bench bench-go soak clean
 
 ## demo: build Caddy with the plugin and run examples/demo/Caddyfile
 demo: $(CADDY)
@@ -36,6 +36,16 @@ fmt-check:
 ## unit: the fast tests only (no Caddy binary)
 unit:
 	$(GO) test -race -count=1 ./affinity/... ./cookie/... ./caddyfile/...
+
+## bench: wrk on loopback against Caddy's policies, the plugin's and HAProxy;
+## writes docs/results.md and its plots (a few minutes; BENCH_FLAGS=-quick for about one)
+bench: $(CADDY)
+	@./scripts/install-deps.sh --bench
+	cd bench && $(GO) run ./cmd/bench -caddy $(AFFINITY_CADDY) -out ../docs $(BENCH_FLAGS)
+
+## bench-go: the selection benchmarks beside Caddy's and caddy-l4's policies, as ratios
+bench-go:
+	./scripts/bench-go.sh 5
 
 ## soak: the long reliability soak (make test runs a short one)
 soak: $(CADDY) deps

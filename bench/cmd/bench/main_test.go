@@ -1,0 +1,77 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseWrk(t *testing.T) {
+	out := "Running 2s test @ http://127.0.0.1:1/\n" +
+		"BENCH requests=20000 duration_us=2000000 p50_us=1500 p90_us=2500 p99_us=7000 max_us=9000 " +
+		"connect=0 read=1 write=0 status=2 timeout=3 responses=20000 late=5\n"
+	s, err := parseWrk(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RPS != 10000 || s.P50 != 1500*time.Microsecond || s.P99 != 7*time.Millisecond {
+		t.Errorf("got %+v", s)
+	}
+	if s.Errors != 4 || s.Status != 2 || s.Late != 5 {
+		t.Errorf("errors %d, status %d, late %d", s.Errors, s.Status, s.Late)
+	}
+	if _, err := parseWrk("no summary"); err == nil {
+		t.Error("parsed output without a BENCH line")
+	}
+	if _, err := parseWrk("BENCH requests=1 duration_us=0 p50_us=1 p99_us=1"); err == nil {
+		t.Error("accepted a zero duration")
+	}
+}
+
+func TestMedian(t *testing.T) {
+	if m := median([]float64{3, 1, 2}); m != 2 {
+		t.Errorf("median of 3 = %v", m)
+	}
+	if m := median([]time.Duration{4, 1, 3, 2}); m != 2 {
+		t.Errorf("median of 4 = %v", m) // (2+3)/2 in integer nanoseconds
+	}
+}
+
+func TestSelectCases(t *testing.T) {
+	cs, err := selectCases("ip_affinity")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 2 || cs[0].ID != baselineID || cs[1].ID != "ip_affinity" {
+		t.Errorf("got %v", cs)
+	}
+	if _, err := selectCases("nope"); err == nil {
+		t.Error("accepted an unknown case")
+	}
+}
+
+func TestCaddyfile(t *testing.T) {
+	cs := allCases()
+	for i, k := range cs {
+		k.addr = "127.0.0.1:" + string(rune('0'+i))
+	}
+	cfg := caddyfile("127.0.0.1:9", "/tmp/x", cs, []string{"127.0.0.1:1", "127.0.0.1:2"})
+	for _, want := range []string{"admin 127.0.0.1:9", "persist_config off", "level ERROR", "\taffinity\n\treverse_proxy", "mode rewrite", "lb_policy ip_affinity"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("Caddyfile lacks %q:\n%s", want, cfg)
+		}
+	}
+	if strings.Count(cfg, "\taffinity\n") != 1 {
+		t.Error("the affinity directive belongs to the rewrite site only")
+	}
+}
+
+func TestRemovals(t *testing.T) {
+	if r := removals(3); len(r) != 3 || r[2] != 2 {
+		t.Errorf("removals(3) = %v", r)
+	}
+	r := removals(100)
+	if len(r) != maxRemovals || r[0] != 0 || r[len(r)-1] >= 100 {
+		t.Errorf("removals(100) = %v", r)
+	}
+}

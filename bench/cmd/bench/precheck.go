@@ -1,0 +1,152 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/cookiejar"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Pre-check sizes: enough clients that a balancing case reaches more than
+// one backend (all of 12 landing on one of 3 by chance: 3^-11), and enough
+// requests per client to see it stay.
+const (
+	checkClients  = 12
+	checkRequests = 4
+)
+
+// checkClient is one browser-like client: its own cookie jar and a new
+// connection per request, so that what keeps it on a backend is the cookie
+// or its address, never a reused connection.
+type checkClient struct {
+	http *http.Client
+}
+
+func newCheckClient() *checkClient {
+	jar, _ := cookiejar.New(nil)
+	return &checkClient{http: &http.Client{
+		Jar:       jar,
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true},
+	}}
+}
+
+// reply is what the pre-check needs of a response.
+type reply struct {
+	backend   string
+	setCookie []string
+	seen      string // Cookie header the backend received (with ?echo)
+}
+
+func (c *checkClient) get(url string) (reply, error) {
+	resp, err := c.http.Get(url)
+	if err != nil {
+		return reply{}, err
+	}
+	defer drain(resp)
+	if resp.StatusCode != http.StatusOK {
+		return reply{}, fmt.Errorf("GET %s: status %s", url, resp.Status)
+	}
+	r := reply{backend: resp.Header.Get("X-Backend"), setCookie: resp.Header.Values("Set-Cookie"), seen: resp.Header.Get("X-Cookie-Seen")}
+	if r.backend == "" {
+		return reply{}, fmt.Errorf("GET %s: no X-Backend header", url)
+	}
+	return r, nil
+}
+
+// precheck makes sure case k balances and sticks as configured, so that a
+// misconfigured case fails loudly instead of being measured. It records
+// what it saw in k.checked.
+func precheck(k *benchCase, bs *backends) error {
+	url := "http://" + k.addr + k.Path + "?echo"
+	seen := map[string]int{}
+	switch k.Kind {
+	case kindBalance:
+		c := newCheckClient()
+		for range checkClients {
+			r, err := c.get(url)
+			if err != nil {
+				return err
+			}
+			seen[r.backend]++
+		}
+		if len(seen) < 2 {
+			return fmt.Errorf("%d requests all went to %v: not balancing", checkClients, seen)
+		}
+		k.checked = fmt.Sprintf("%d requests over %d backends", checkClients, len(seen))
+
+	case kindInsert, kindRewrite:
+		for range checkClients {
+			c := newCheckClient()
+			first, err := c.get(url)
+			if err != nil {
+				return err
+			}
+			if !slices.ContainsFunc(first.setCookie, func(s string) bool { return strings.HasPrefix(s, k.Cookie+"=") }) {
+				return fmt.Errorf("first response from %s sets no cookie %q (Set-Cookie: %q)", first.backend, k.Cookie, first.setCookie)
+			}
+			for i := 1; i < checkRequests; i++ {
+				r, err := c.get(url)
+				if err != nil {
+					return err
+				}
+				if r.backend != first.backend {
+					return fmt.Errorf("client moved from %s to %s on request %d despite its cookie %q", first.backend, r.backend, i+1, k.Cookie)
+				}
+				if err := checkSeen(k, r); err != nil {
+					return err
+				}
+			}
+			seen[first.backend]++
+		}
+		if len(seen) < 2 {
+			return fmt.Errorf("%d new clients all went to %v: not balancing", checkClients, seen)
+		}
+		k.checked = fmt.Sprintf("%d clients x %d requests stuck, over %d backends", checkClients, checkRequests, len(seen))
+
+	case kindIP:
+		c := newCheckClient()
+		want := ""
+		if k.Expect != nil {
+			want = bs.names[k.Expect(bs.addrs())]
+		}
+		for range checkClients {
+			r, err := c.get(url)
+			if err != nil {
+				return err
+			}
+			seen[r.backend]++
+			if want != "" && r.backend != want {
+				return fmt.Errorf("127.0.0.1 reached %s, the policy's hash says %s", r.backend, want)
+			}
+		}
+		if len(seen) != 1 {
+			return fmt.Errorf("one client address reached %v", seen)
+		}
+		k.checked = fmt.Sprintf("%d requests from 127.0.0.1 on one backend", checkClients)
+		if want != "" {
+			k.checked += ", the one its hash predicts"
+		}
+	}
+	return nil
+}
+
+// checkSeen checks the Cookie header a backend received from a client
+// holding the proxy's cookie.
+func checkSeen(k *benchCase, r reply) error {
+	switch {
+	case k.Kind == kindRewrite:
+		// Rewrite mode must hand the backend back its own cookie.
+		if want := "name=" + r.backend + "xxxx"; r.seen != want {
+			return fmt.Errorf("backend %s received Cookie %q, want %q (rewrite not undone)", r.backend, r.seen, want)
+		}
+	case k.Server == "haproxy":
+		// indirect: HAProxy removes its cookie before the backend.
+		if strings.Contains(r.seen, k.Cookie+"=") {
+			return fmt.Errorf("backend %s received HAProxy's cookie (%q) despite indirect", r.backend, r.seen)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,427 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// results is everything one run measured.
+type results struct {
+	cfg               config
+	env               env
+	cases             []*benchCase
+	started, finished time.Time
+	ip                ipFigures
+	mem               memFigures
+}
+
+// env describes the machine and the software measured.
+type env struct {
+	CPUs                int
+	CPU                 string
+	Caddy, HAProxy, Wrk string
+	Go, Command         string
+	LoadBefore          string // /proc/loadavg as the run starts
+	LoadAfter           string // and after the load test
+}
+
+func environment(c config) env {
+	return env{
+		CPUs:       runtime.NumCPU(),
+		CPU:        cpuModel(),
+		Caddy:      version(c.caddy, "version"),
+		HAProxy:    version(c.haproxy, "-v"),
+		Wrk:        version(c.wrk, "-v"),
+		Go:         runtime.Version(),
+		Command:    command(),
+		LoadBefore: loadAvg(),
+	}
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages: on a shared
+// machine, the reader's first clue to how noisy a run was.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// stats is a case's median over the rounds.
+type stats struct {
+	RPS          float64
+	P50, P99     time.Duration
+	MinRPS       float64
+	MaxRPS       float64
+	Errors       int64
+	Status       int64
+	LateFraction float64
+	Foreign      float64 // median CPU of other processes, % of all CPUs
+	ProxyCPU     time.Duration
+}
+
+func median[T float64 | time.Duration](v []T) T {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func (k *benchCase) stats() stats {
+	var rps []float64
+	var p50, p99, proxy []time.Duration
+	var foreign []float64
+	var st stats
+	var late, resp int64
+	for _, s := range k.samples {
+		rps = append(rps, s.RPS)
+		p50 = append(p50, s.P50)
+		p99 = append(p99, s.P99)
+		foreign = append(foreign, s.Foreign)
+		proxy = append(proxy, s.ProxyCPU)
+		st.Errors += s.Errors
+		st.Status += s.Status
+		late += s.Late
+		resp += s.Responses
+	}
+	if len(rps) == 0 {
+		return st
+	}
+	st.RPS, st.P50, st.P99 = median(rps), median(p50), median(p99)
+	st.MinRPS, st.MaxRPS = slices.Min(rps), slices.Max(rps)
+	st.Foreign, st.ProxyCPU = median(foreign), median(proxy)
+	if resp > 0 {
+		st.LateFraction = float64(late) / float64(resp)
+	}
+	return st
+}
+
+// wrkErrors lists the cases wrk saw socket errors or bad statuses in.
+func (r *results) wrkErrors() []string {
+	var bad []string
+	for _, k := range r.cases {
+		if s := k.stats(); s.Errors > 0 || s.Status > 0 {
+			bad = append(bad, fmt.Sprintf("%s (%d socket errors, %d bad statuses)", k.Name, s.Errors, s.Status))
+		}
+	}
+	return bad
+}
+
+// target is one of the issue's goals and whether this run met it.
+type target struct {
+	Goal     string
+	Measured string
+	Pass     bool
+	NA       bool
+}
+
+func (t target) verdict() string {
+	switch {
+	case t.NA:
+		return "n/a"
+	case t.Pass:
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+// targets evaluates the issue's goals against this run's medians.
+func (r *results) targets() []target {
+	base := caseByID(r.cases, baselineID)
+	var out []target
+	ratio := func(id, vsID string, min float64) {
+		k, vs := caseByID(r.cases, id), caseByID(r.cases, vsID)
+		goal := fmt.Sprintf("%s req/s >= %.2fx %s", nameOr(k, id), min, nameOr(vs, vsID))
+		if k == nil || vs == nil || vs.stats().RPS == 0 {
+			out = append(out, target{Goal: goal, NA: true})
+			return
+		}
+		x := k.stats().RPS / vs.stats().RPS
+		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.3fx", x), Pass: x >= min})
+	}
+	p99 := func(id string) {
+		k := caseByID(r.cases, id)
+		goal := fmt.Sprintf("%s p99 <= 1.10x %s p99", nameOr(k, id), nameOr(base, baselineID))
+		if k == nil || base == nil || base.stats().P99 == 0 {
+			out = append(out, target{Goal: goal, NA: true})
+			return
+		}
+		x := float64(k.stats().P99) / float64(base.stats().P99)
+		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.3fx (%.2f vs %.2f ms)", x, ms(k.stats().P99), ms(base.stats().P99)), Pass: x <= 1.10})
+	}
+	ratio("sticky_insert", baselineID, 0.97)
+	ratio("sticky_insert", "cookie", 1.0)
+	p99("sticky_insert")
+	ratio("ip_affinity", baselineID, 0.97)
+	ratio("ip_affinity", "client_ip_hash", 1.0)
+	p99("ip_affinity")
+	mib := float64(r.mem.IPv4) / (1 << 20)
+	out = append(out, target{
+		Goal:     "1M-entry session table <= 64 MiB",
+		Measured: fmt.Sprintf("%.1f MiB (IPv4), %.1f MiB (IPv6)", mib, float64(r.mem.IPv6)/(1<<20)),
+		Pass:     max(r.mem.IPv4, r.mem.IPv6) <= r.mem.LimitBytes,
+	})
+	return out
+}
+
+func nameOr(k *benchCase, id string) string {
+	if k == nil {
+		return id
+	}
+	return k.Name
+}
+
+// ratios returns a case's req/s and p99 relative to the baseline (0 if none).
+func (r *results) ratios(k *benchCase) (rps, p99 float64) {
+	base := caseByID(r.cases, baselineID)
+	if base == nil {
+		return 0, 0
+	}
+	b, s := base.stats(), k.stats()
+	if b.RPS > 0 {
+		rps = s.RPS / b.RPS
+	}
+	if b.P99 > 0 {
+		p99 = float64(s.P99) / float64(b.P99)
+	}
+	return rps, p99
+}
+
+// printSummary writes the compact table to w.
+func printSummary(w io.Writer, r *results) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "case\treq/s\tp50 ms\tp99 ms\treq/s vs base\tp99 vs base\tproxy CPU µs/req\tother CPU %%\t\n")
+	for _, k := range r.cases {
+		s := k.stats()
+		x, y := r.ratios(k)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%.2f\t%.3f\t%.3f\t%.1f\t%.0f\t\n", k.Name, s.RPS, ms(s.P50), ms(s.P99), x, y, us(s.ProxyCPU), s.Foreign)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, t := range r.targets() {
+		fmt.Fprintf(w, "%-4s  %s: %s\n", t.verdict(), t.Goal, t.Measured)
+	}
+	fmt.Fprintf(w, "\nIP affinity, %d clients over %d upstreams: max deviation from a fair share %.2f %% (table; its slots %.2f %%), %.2f %% (Caddy rendezvous)\n",
+		r.ip.Clients, r.ip.Upstreams, maxDeviation(r.ip.Table, r.ip.Clients), maxDeviation(r.ip.Slots, sum(r.ip.Slots)), maxDeviation(r.ip.Rendezvous, r.ip.Clients))
+	if len(r.ip.Disruption) > 0 {
+		d := r.ip.Disruption[len(r.ip.Disruption)-1]
+		fmt.Fprintf(w, "IP affinity, one of %d upstreams removed: %.2f %% of clients moved (ideal %.2f %%, Caddy rendezvous %.2f %%)\n", d.N, d.Table, d.Ideal, d.Rendezvous)
+	}
+	m := r.mem
+	fmt.Fprintf(w, "Session table of max 1M after 1M Puts: %.1f MiB IPv4 (%d held), %.1f MiB IPv6 (%d held)\n",
+		float64(m.IPv4)/(1<<20), m.HeldIPv4, float64(m.IPv6)/(1<<20), m.HeldIPv6)
+}
+
+// maxDeviation is the largest departure of a count from the fair share, in
+// percent of the fair share.
+func maxDeviation(counts []int, total int) float64 {
+	if len(counts) == 0 {
+		return 0
+	}
+	fair := float64(total) / float64(len(counts))
+	d := 0.0
+	for _, c := range counts {
+		d = max(d, math.Abs(float64(c)-fair)/fair*100)
+	}
+	return d
+}
+
+// writeReport writes results.md, the plots and the raw samples into dir.
+func writeReport(dir string, r *results) error {
+	if err := plotThroughput(filepath.Join(dir, "throughput.png"), r); err != nil {
+		return fmt.Errorf("throughput plot: %v", err)
+	}
+	if err := plotIP(filepath.Join(dir, "ip-affinity.png"), r.ip); err != nil {
+		return fmt.Errorf("IP affinity plot: %v", err)
+	}
+	if err := writeRaw(filepath.Join(dir, "results", "raw", "bench.json"), r); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "results.md"), []byte(markdown(r)), 0o644)
+}
+
+// writeRaw keeps every round's samples (git-ignored) for a closer look.
+func writeRaw(path string, r *results) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	type rawCase struct {
+		ID, Name string
+		Samples  []sample
+	}
+	raw := struct {
+		Started time.Time
+		Env     env
+		Cases   []rawCase
+		IP      ipFigures
+		Memory  memFigures
+	}{Started: r.started, Env: r.env, IP: r.ip, Memory: r.mem}
+	for _, k := range r.cases {
+		raw.Cases = append(raw.Cases, rawCase{k.ID, k.Name, k.samples})
+	}
+	b, err := json.MarshalIndent(raw, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func markdown(r *results) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	c := r.cfg
+	p("# Benchmark results\n\n")
+	p("Generated by `make bench` (bench/cmd/bench); do not edit by hand, run it again.\n\n")
+	p("- Date: %s (load test: %s)\n", r.started.Format("2006-01-02 15:04 MST"), r.finished.Sub(r.started).Round(time.Second))
+	p("- Machine: %d CPUs, %s; load average %s before, %s after the load test\n", r.env.CPUs, r.env.CPU, r.env.LoadBefore, r.env.LoadAfter)
+	p("- Caddy: %s (bin/caddy with the plugin)\n", r.env.Caddy)
+	p("- HAProxy: %s\n", r.env.HAProxy)
+	p("- wrk: %s\n", r.env.Wrk)
+	p("- Go (backends, analysis): %s\n", r.env.Go)
+	p("- Command (in bench/): `%s`\n\n", r.env.Command)
+
+	p("## Method\n\n")
+	p("Everything runs on loopback on the same machine: %d in-process Go backends (each answers with its name; "+
+		"under `/app` it also sets `name=<backend>xxxx`, which only the rewrite case requests), one Caddy with a site per Caddy case, "+
+		"and one HAProxy with a frontend per HAProxy case. Every case proxies to the same backends and differs only in its policy. "+
+		"wrk runs with %d thread and %d connections; each case runs %d s per round, the cases interleaved (each round starting one case later), "+
+		"%d rounds, after a %v warm-up per case; the tables give each case's median over the rounds, and ratios are to the baseline "+
+		"(Caddy `round_robin`) of the same run.\n\n",
+		c.backends, c.threads, c.connections, int(c.duration/time.Second), c.rounds, c.warmup)
+	p("Cookie cases measure the steady state: the wrk script (bench/cmd/bench/sticky.lua, the same for every case) keeps the first %d cookies "+
+		"it is given as %d simulated clients and then sends every request with one of them in turn. Before measuring, each case is pre-checked with "+
+		"Go's HTTP client: cookie cases must set their cookie and keep a client on one backend while new clients spread; rewrite mode must hand the "+
+		"backend its own cookie back; HAProxy's `indirect` must hide its cookie from the backend; IP cases must keep the one loopback address on "+
+		"the backend their hash predicts (for Caddy's; HAProxy's is only checked to stick). All wrk connections come from 127.0.0.1, so the IP cases send everything to one backend.\n\n"+
+		"All of this shares %d CPUs: wrk, Caddy or HAProxy, and the backends. The load-balancing decision is a small part of a proxied "+
+		"request's cost (see a CPU profile with `-pprof`), so differences of a few percent between the Caddy cases are close to the noise; "+
+		"*proxy CPU per request* is the CPU time (user and system) of the Caddy or HAProxy process divided by the requests it served, "+
+		"median over the rounds: a cost that contention on the machine disturbs less than req/s. "+
+		"*other CPU* is the median share of the machine (all CPUs) that processes other than the benchmark's used during the case's runs: "+
+		"when it is high, the machine was busy and that case's figures are less trustworthy. %s"+
+		"The raw samples of every round are in `docs/results/raw/bench.json` (not committed).\n\n",
+		c.connections, c.connections, r.env.CPUs, maxOtherNote(c))
+
+	p("## Throughput and latency\n\n")
+	p("| case | configuration | req/s | p50 ms | p99 ms | req/s vs baseline | p99 vs baseline | req/s range over rounds | proxy CPU per request | other CPU |\n")
+	p("|---|---|---:|---:|---:|---:|---:|---|---:|---:|\n")
+	for _, k := range r.cases {
+		s := k.stats()
+		x, y := r.ratios(k)
+		cfg := strings.ReplaceAll(strings.Join(strings.Fields(strings.ReplaceAll(k.Policy, "\n", " ; ")), " "), "{ ;", "{")
+		cfg = strings.ReplaceAll(strings.ReplaceAll(cfg, "; }", "}"), secret, "<secret>")
+		if k.Kind == kindRewrite {
+			cfg = "affinity ; " + cfg
+		}
+		p("| %s | `%s` | %.0f | %.2f | %.2f | %.3f | %.3f | %.0f-%.0f | %.1f µs | %.0f %% |\n", k.Name, cfg, s.RPS, ms(s.P50), ms(s.P99), x, y, s.MinRPS, s.MaxRPS, us(s.ProxyCPU), s.Foreign)
+	}
+	p("\n![Throughput and p99 latency per case](throughput.png)\n\n")
+	if bad := r.wrkErrors(); len(bad) > 0 {
+		p("**wrk saw errors:** %s.\n\n", strings.Join(bad, "; "))
+	}
+	for _, k := range r.cases {
+		if k.Kind == kindInsert {
+			if s := k.stats(); s.LateFraction > 0.01 {
+				p("**%s:** %.1f %% of responses still set the cookie once every simulated client had one: its cookie is not being honoured.\n\n", k.Name, 100*s.LateFraction)
+			}
+		}
+	}
+
+	p("## Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
+	for _, t := range r.targets() {
+		p("| %s | %s | **%s** |\n", t.Goal, t.Measured, t.verdict())
+	}
+	p("\nThe machine is shared and small; a ratio within a few percent of its target can go either way between runs. " +
+		"The req/s range column shows the spread between rounds.\n\n")
+
+	p("## IP affinity: distribution and disruption\n\n")
+	p("Computed in process with the plugin's `affinity` package (`affinity.NewTable`, `MaskClient(ip, 32, 64).Hash()`) over %d "+
+		"random IPv4 clients (fixed seed), against Caddy's `client_ip_hash` (rendezvous hashing: the highest xxhash64 of dial address + IP) "+
+		"and plain modulo hashing, in %v.\n\n", r.ip.Clients, r.ip.Took.Round(time.Millisecond))
+	p("![IP affinity: distribution over 10 upstreams, and clients moved when one of N upstreams is removed](ip-affinity.png)\n\n")
+	fair := float64(r.ip.Clients) / float64(r.ip.Upstreams)
+	fairSlots := float64(sum(r.ip.Slots)) / float64(r.ip.Upstreams)
+	p("Clients per upstream, %d upstreams (fair share %.0f clients, %.1f of the table's %d slots). "+
+		"The slot share is what the table converges to with many clients; rendezvous hashing converges to exactly fair.\n\n"+
+		"| upstream | ip_affinity table | deviation | its slots | deviation | Caddy rendezvous | deviation |\n|---|---:|---:|---:|---:|---:|---:|\n",
+		r.ip.Upstreams, fair, fairSlots, sum(r.ip.Slots))
+	for i := range r.ip.Table {
+		p("| %d | %d | %+.2f %% | %d | %+.2f %% | %d | %+.2f %% |\n", i+1, r.ip.Table[i], dev(r.ip.Table[i], fair),
+			r.ip.Slots[i], dev(r.ip.Slots[i], fairSlots), r.ip.Rendezvous[i], dev(r.ip.Rendezvous[i], fair))
+	}
+	p("| **max abs. deviation** | | **%.2f %%** | | **%.2f %%** | | **%.2f %%** |\n\n", maxDeviation(r.ip.Table, r.ip.Clients),
+		maxDeviation(r.ip.Slots, sum(r.ip.Slots)), maxDeviation(r.ip.Rendezvous, r.ip.Clients))
+	p("Clients moved when one upstream of N is removed, in %% of all clients, averaged over up to %d removals (evenly spaced). "+
+		"*Excess* is the moved clients that were not on the removed upstream; ideal consistent hashing moves exactly the removed upstream's share (1/N) and no others.\n\n", maxRemovals)
+	p("| N | removals | ideal 1/N | ip_affinity table | of which excess | Caddy rendezvous | of which excess | modulo |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, d := range r.ip.Disruption {
+		p("| %d | %d | %.2f %% | %.2f %% | %.3f %% | %.2f %% | %.3f %% | %.1f %% |\n", d.N, d.Removals, d.Ideal, d.Table, d.TableExcess, d.Rendezvous, d.RendezvousExcess, d.Modulo)
+	}
+	p("\nThe table looks a client up in O(1) (one slot of %d); rendezvous hashing computes a hash per upstream per request (O(N)).\n\n", 65536)
+
+	m := r.mem
+	p("## Session table memory\n\n")
+	p("`affinity.NewSessionTable(1_000_000, time.Hour)` after %d Puts of distinct clients, live heap measured after a GC (`runtime.ReadMemStats`):\n\n", m.Entries)
+	p("| keys | entries held | heap | per entry held |\n|---|---:|---:|---:|\n")
+	p("| IPv4 /32 | %d | %.1f MiB | %.1f B |\n", m.HeldIPv4, float64(m.IPv4)/(1<<20), float64(m.IPv4)/float64(max(m.HeldIPv4, 1)))
+	p("| IPv6 /64 | %d | %.1f MiB | %.1f B |\n\n", m.HeldIPv6, float64(m.IPv6)/(1<<20), float64(m.IPv6)/float64(max(m.HeldIPv6, 1)))
+	if m.HeldIPv4 < m.Entries || m.HeldIPv6 < m.Entries {
+		p("The table splits its maximum evenly over up to 32 shards by key hash; a shard that receives more than its share evicts its least recently used entries, so a table of maximum 1M holds slightly fewer than 1M random keys.\n\n")
+	}
+	p("Target: at most 64 MiB for 1M entries. The package budgets `SessionEntryBytes` = %d B per entry, so `max_sessions 64MiB` allows %d entries. "+
+		"Filling took %v per Put (one goroutine). For comparison, HAProxy's stick table needs about 50 B per IPv4 entry.\n",
+		m.SessionEntryB, m.EntriesInLimit, m.PutIPv4)
+	return b.String()
+}
+
+func sum(v []int) int {
+	t := 0
+	for _, x := range v {
+		t += x
+	}
+	return t
+}
+
+func dev(c int, fair float64) float64 { return (float64(c) - fair) / fair * 100 }
+
+// maxOtherNote describes the quiet-machine policy of measure for the page.
+func maxOtherNote(c config) string {
+	if c.maxOther <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("Each run waited up to %v for other processes to use at most %.0f %% of the machine, and a run during which they used more "+
+		"was repeated up to %d times, keeping the quietest attempt (-max-other, -retries, -quiet-wait). ", c.quietWait, c.maxOther, c.retries)
+}

@@ -1,0 +1,77 @@
+-- sticky.lua: wrk script for `make bench`, used unchanged by every case so
+-- that the client does the same work whatever the proxy does.
+--
+-- wrk has no per-connection hook, so the script simulates a pool of clients:
+-- the first <pool> responses that set cookie <name> each become one
+-- client's cookie, and once the pool is full every request carries the
+-- cookie of the next client in turn. Until then requests carry no cookie,
+-- so each client is balanced afresh exactly once, like a browser's first
+-- visit. Cases without a cookie pass an empty name and never fill the pool.
+--
+-- Arguments (after --): <cookie name> <pool size> <path>
+-- done() prints one machine-readable line starting with "BENCH".
+
+local name, prefix, size, path
+local plain      -- the request without a cookie
+local pool = {}  -- one formatted request per simulated client
+local n, i = 0, 0
+
+-- Thread globals read by done() through thread:get.
+responses = 0
+late = 0 -- responses setting the cookie after the pool was full
+
+function init(args)
+	name = args[1] or ""
+	prefix = name .. "="
+	size = tonumber(args[2]) or 32
+	path = args[3] or "/"
+	plain = wrk.format("GET", path)
+end
+
+function request()
+	if n < size then
+		return plain
+	end
+	i = i % n + 1
+	return pool[i]
+end
+
+function response(status, headers, body)
+	responses = responses + 1
+	if name == "" then
+		return
+	end
+	-- HAProxy writes header names in lower case, Go's servers in
+	-- canonical case; wrk keeps the last of repeated headers.
+	local sc = headers["Set-Cookie"] or headers["set-cookie"]
+	if sc == nil or sc:sub(1, #prefix) ~= prefix then
+		return
+	end
+	if n >= size then
+		late = late + 1
+		return
+	end
+	n = n + 1
+	pool[n] = wrk.format("GET", path, { Cookie = sc:match("^[^;]*") })
+end
+
+local threads = {}
+
+function setup(thread)
+	table.insert(threads, thread)
+end
+
+function done(summary, latency, requests)
+	local resp, lt = 0, 0
+	for _, t in ipairs(threads) do
+		resp = resp + t:get("responses")
+		lt = lt + t:get("late")
+	end
+	local e = summary.errors
+	io.write(string.format(
+		"BENCH requests=%d duration_us=%d p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
+		"connect=%d read=%d write=%d status=%d timeout=%d responses=%d late=%d\n",
+		summary.requests, summary.duration,
+		latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+		e.connect, e.read, e.write, e.status, e.timeout, resp, lt))
+end
