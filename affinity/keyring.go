@@ -11,7 +11,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash"
+	"hash/maphash"
 	"sync"
+	"sync/atomic"
 )
 
 // Keyring signs and verifies tokens with HMAC-SHA256. The first key signs;
@@ -24,6 +26,7 @@ type Keyring struct {
 	keys    [][]byte
 	context []byte
 	pool    sync.Pool // of *macState
+	cache   tokenCache
 }
 
 // macState is scratch space for one MAC computation. Pooling it keeps the
@@ -45,6 +48,7 @@ func NewKeyring(context string, keys ...[]byte) (*Keyring, error) {
 		return nil, ErrNoKeys
 	}
 	k := &Keyring{context: append([]byte("caddy-affinity\x00"), context...)}
+	k.cache.seed = maphash.MakeSeed()
 	k.context = append(k.context, 0)
 	for _, key := range keys {
 		if len(key) == 0 {
@@ -109,4 +113,45 @@ func (k *Keyring) verify(st *macState, msgWithMAC []byte) int {
 		}
 	}
 	return -1
+}
+
+// tokenCacheSlots is how many verified tokens a keyring remembers: a
+// returning client's token is then found by one hash and one comparison
+// instead of an HMAC. Only tokens whose MAC verified are cached, by their
+// exact text, so a hit is exactly as trustworthy as a verification;
+// lifetimes are still checked on every request. At most about 330 KiB.
+const tokenCacheSlots = 4096
+
+// tokenCache is a direct-mapped cache of verified tokens; a slot holds the
+// last token that hashed to it.
+type tokenCache struct {
+	seed  maphash.Seed
+	slots [tokenCacheSlots]atomic.Pointer[cachedToken]
+}
+
+type cachedToken struct {
+	text [tokenMaxChars]byte
+	n    uint8
+	key  uint8
+	tok  Token
+}
+
+func (c *tokenCache) slot(s string) *atomic.Pointer[cachedToken] {
+	return &c.slots[maphash.String(c.seed, s)%tokenCacheSlots]
+}
+
+func (c *tokenCache) get(kind Kind, s string) (Token, int, bool) {
+	if e := c.slot(s).Load(); e != nil && e.tok.Kind == kind && string(e.text[:e.n]) == s {
+		return e.tok, int(e.key), true
+	}
+	return Token{}, 0, false
+}
+
+func (c *tokenCache) put(s string, t Token, key int) {
+	if len(s) > tokenMaxChars || key > 255 {
+		return
+	}
+	e := &cachedToken{n: uint8(len(s)), key: uint8(key), tok: t}
+	copy(e.text[:], s)
+	c.slot(s).Store(e)
 }

@@ -135,6 +135,9 @@ func (k *Keyring) ParseToken(kind Kind, s string) (Token, int, Reason) {
 	if len(s) != kind.Len() {
 		return Token{}, -1, ReasonMalformed
 	}
+	if t, key, ok := k.cache.get(kind, s); ok {
+		return t, key, ReasonNone
+	}
 	st := k.pool.Get().(*macState)
 	defer k.pool.Put(st)
 	n := copy(st.in[:], s)
@@ -157,6 +160,7 @@ func (k *Keyring) ParseToken(kind Kind, s string) (Token, int, Reason) {
 	if kind == KindInsert {
 		t.Refreshed = binary.BigEndian.Uint32(b[1+idBytes+4:])
 	}
+	k.cache.put(s, t, key)
 	return t, key, ReasonNone
 }
 

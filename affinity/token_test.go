@@ -558,3 +558,66 @@ func TestTokenCodecAllocations(t *testing.T) {
 		t.Errorf("AppendToken allocates %.1f times per call, want 0", n)
 	}
 }
+
+// The cache of verified tokens returns exactly what verification gave, and
+// never lets a variant of a cached token through.
+func TestTokenCache(t *testing.T) {
+	k := mustKeyring(t, "cache", []byte("cache-key-0123456789abcdef"))
+	tok := Token{Kind: KindInsert, Upstream: 0xabcdef123456, Issued: 1000, Refreshed: 2000}
+	s := string(k.AppendToken(nil, tok))
+	first, key1, r1 := k.ParseToken(KindInsert, s)
+	again, key2, r2 := k.ParseToken(KindInsert, s)
+	if r1 != ReasonNone || r2 != ReasonNone || first != tok || again != tok || key1 != 0 || key2 != 0 {
+		t.Fatalf("parse %v/%v %d/%d %v/%v, want %v twice", first, again, key1, key2, r1, r2, tok)
+	}
+	if _, _, ok := k.cache.get(KindInsert, s); !ok {
+		t.Fatalf("a verified token is not cached")
+	}
+	if _, _, ok := k.cache.get(KindRoute, s); ok {
+		t.Fatalf("the cache answers for another kind")
+	}
+	for i := 0; i < len(s); i++ {
+		b := []byte(s)
+		b[i] ^= 1
+		if _, _, r := k.ParseToken(KindInsert, string(b)); r == ReasonNone {
+			t.Fatalf("a variant of a cached token (byte %d) was accepted", i)
+		}
+	}
+	// Another keyring (a reload with other keys) does not share the cache.
+	other := mustKeyring(t, "cache", []byte("another-key-0123456789abcdef"))
+	if _, _, r := other.ParseToken(KindInsert, s); r != ReasonSignature {
+		t.Fatalf("another keyring accepted a token cached by the first: %v", r)
+	}
+}
+
+// BenchmarkParseToken: a returning client's token (cached) against one
+// seen for the first time (the HMAC).
+func BenchmarkParseToken(b *testing.B) {
+	k := mustKeyring(b, "bench", []byte("bench-key-0123456789abcdef"))
+	b.Run("cached", func(b *testing.B) {
+		s := string(k.AppendToken(nil, Token{Kind: KindInsert, Upstream: 42, Issued: 1, Refreshed: 1}))
+		k.ParseToken(KindInsert, s)
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, r := k.ParseToken(KindInsert, s); r != ReasonNone {
+				b.Fatal(r)
+			}
+		}
+	})
+	b.Run("first_seen", func(b *testing.B) {
+		toks := make([]string, 1<<16)
+		for i := range toks {
+			toks[i] = string(k.AppendToken(nil, Token{Kind: KindInsert, Upstream: uint64(i), Issued: 1, Refreshed: 1}))
+		}
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			// Clear the slot so every parse verifies the MAC.
+			k.cache.slot(toks[i&(1<<16-1)]).Store(nil)
+			if _, _, r := k.ParseToken(KindInsert, toks[i&(1<<16-1)]); r != ReasonNone {
+				b.Fatal(r)
+			}
+			i++
+		}
+	})
+}

@@ -41,6 +41,49 @@ func eachPair(line string, fn func(start, end int) bool) {
 	}
 }
 
+// nextPair finds the next pair named name in a Cookie header line at or
+// after byte from, by searching for the name rather than splitting every
+// pair: the request path calls it for every request. s and e bound the pair
+// as eachPair does (spaces and tabs trimmed), eq is its first '='. It
+// matches exactly the pairs for which splitPair gives name.
+func nextPair(line, name string, from int) (s, eq, e int, ok bool) {
+	for from < len(line) {
+		j := strings.Index(line[from:], name)
+		if j < 0 {
+			return 0, 0, 0, false
+		}
+		j += from
+		from = j + 1
+		seg := strings.LastIndexByte(line[:j], ';') + 1
+		if strings.TrimSpace(line[seg:j]) != "" {
+			continue // inside a value or a longer name
+		}
+		end := strings.IndexByte(line[j:], ';')
+		if end < 0 {
+			end = len(line)
+		} else {
+			end += j
+		}
+		eq = strings.IndexByte(line[j:end], '=')
+		if eq < 0 {
+			continue
+		}
+		eq += j
+		if strings.TrimSpace(line[j+len(name):eq]) != "" {
+			continue
+		}
+		s, e = seg, end
+		for s < e && (line[s] == ' ' || line[s] == '\t') {
+			s++
+		}
+		for e > s && (line[e-1] == ' ' || line[e-1] == '\t') {
+			e--
+		}
+		return s, eq, e, true
+	}
+	return 0, 0, 0, false
+}
+
 // splitPair splits "name=value" at the first '='; ok is false without one.
 func splitPair(pair string) (name, value string, ok bool) {
 	name, value, ok = strings.Cut(pair, "=")
@@ -59,18 +102,17 @@ func unquote(v string) (inner string, quoted bool) {
 // EachValue calls fn with the value (quotes removed) of every cookie named
 // name in the Cookie header lines, in order, until fn returns false.
 func EachValue(lines []string, name string, fn func(value string) bool) {
-	stop := false
 	for _, line := range lines {
-		eachPair(line, func(s, e int) bool {
-			n, v, ok := splitPair(line[s:e])
-			if ok && n == name {
-				v, _ = unquote(v)
-				stop = !fn(v)
+		for from := 0; ; {
+			_, eq, e, ok := nextPair(line, name, from)
+			if !ok {
+				break
 			}
-			return !stop
-		})
-		if stop {
-			return
+			v, _ := unquote(strings.TrimSpace(line[eq+1 : e]))
+			if !fn(v) {
+				return
+			}
+			from = e
 		}
 	}
 }
@@ -100,30 +142,30 @@ func editLine(line, name string, edit func(string) (string, bool, bool)) string 
 	}
 	var changes [4]change
 	chs := changes[:0]
-	eachPair(line, func(s, e int) bool {
-		n, v, ok := splitPair(line[s:e])
-		if !ok || n != name {
-			return true
+	for from := 0; ; {
+		s, eq, e, ok := nextPair(line, name, from)
+		if !ok {
+			break
 		}
-		inner, quoted := unquote(v)
+		from = e
+		inner, quoted := unquote(strings.TrimSpace(line[eq+1 : e]))
 		nv, keep, changed := edit(inner)
 		if !changed {
-			return true
+			continue
 		}
 		if !keep {
 			chs = append(chs, change{start: s, end: e, drop: true})
-			return true
+			continue
 		}
 		if quoted {
 			nv = `"` + nv + `"`
 		}
-		vs := strings.IndexByte(line[s:e], '=') + s + 1
+		vs := eq + 1
 		for vs < e && (line[vs] == ' ' || line[vs] == '\t') {
 			vs++
 		}
 		chs = append(chs, change{start: vs, end: e, repl: nv})
-		return true
-	})
+	}
 	if len(chs) == 0 {
 		return line
 	}
