@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -130,7 +129,7 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	// Caddy calls Select again for each retry of a request: an upstream
 	// that already failed it is unavailable to it, and the client rebinds.
 	tried := triedUpstreams(vars)
-	avail := func(i int) bool { return pool[i].Available() && (tried == nil || !slices.Contains(tried, pool[i])) }
+	avail := func(i int) bool { return pool[i].Available() && !triedDial(tried, pool[i].Dial) }
 	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
 	if p.Stale(i, pool[max(i, 0)].Dial) {
 		p = s.pools.Refresh(pool)
@@ -149,6 +148,17 @@ func (s *IPAffinity) fallbackSelect(pool reverseproxy.UpstreamPool, r *http.Requ
 		return nil
 	}
 	return s.fallback.Select(pool, r, w)
+}
+
+// triedDial reports whether an earlier attempt used the upstream at dial.
+// It compares addresses: dynamic upstreams are new objects on every attempt.
+func triedDial(tried []*reverseproxy.Upstream, dial string) bool {
+	for _, t := range tried {
+		if t.Dial == dial {
+			return true
+		}
+	}
+	return false
 }
 
 // triedUpstreams returns the upstreams earlier attempts of the request

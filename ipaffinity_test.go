@@ -148,3 +148,19 @@ func BenchmarkIPSelect(b *testing.B) {
 		}
 	}
 }
+
+// Dynamic upstreams are new objects on every attempt: a retry must still
+// move off the upstream that failed, by its address.
+func TestIPAffinityRetryDynamicUpstreams(t *testing.T) {
+	p := &IPAffinity{}
+	provision(t, p)
+	r := clientRequest("198.51.100.9", "198.51.100.9:1")
+	seen := map[string]bool{}
+	for attempt := 0; attempt < 4; attempt++ {
+		u := p.Select(testPool(4), r, nil)
+		if u == nil || seen[u.Dial] {
+			t.Fatalf("attempt %d chose %v, already tried", attempt, u)
+		}
+		seen[u.Dial] = true
+	}
+}

@@ -55,22 +55,30 @@ func (x *Index) SigningID(i int) uint64 { return x.sign[i] }
 
 // PoolCache keeps state derived from a pool of upstreams (an index, a hash
 // table, counters) and rebuilds it only when the pool changes. U is the
-// engine's upstream type. Get is safe for concurrent use and, for the very
+// engine's upstream type. Get is safe for concurrent use. For the very
 // slice it has seen (Caddy passes its configured upstreams slice on every
-// request), costs one pointer comparison: O(1) in the size of the pool.
+// request) it costs one pointer comparison: O(1) in the size of the pool;
+// for the same addresses in a new slice (dynamic upstreams), a comparison
+// of the addresses, without a lock or an allocation.
+//
+// It keeps the last few distinct pools, because a policy may be handed
+// several in turn: a fallback policy gets the full pool on first attempts
+// and the pool less a failed upstream on retries.
 type PoolCache[U comparable, S any] struct {
 	// Addr returns an upstream's address, its identity.
 	Addr func(U) string
 	// Build derives the state for a pool from its addresses.
 	Build func(addrs []string) S
 
-	cur atomic.Pointer[poolSnap[U, S]]
-	mu  sync.Mutex
+	snaps [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
+	next  int // slot the next new pool replaces; guarded by mu
+	mu    sync.Mutex
 }
+
+const poolCacheSlots = 4
 
 type poolSnap[U comparable, S any] struct {
 	orig  []U // the caller's slice, for the identity check
-	ups   []U // a copy, to detect changes made in place
 	addrs []string
 	state S
 }
@@ -79,40 +87,52 @@ type poolSnap[U comparable, S any] struct {
 // for a position differing from the upstream there (the slice was changed
 // in place, which Caddy does not do) call Refresh.
 func (c *PoolCache[U, S]) Get(pool []U) S {
-	if s := c.cur.Load(); s != nil && len(s.orig) == len(pool) && (len(pool) == 0 || &s.orig[0] == &pool[0]) {
-		return s.state
+	for i := range c.snaps {
+		if s := c.snaps[i].Load(); s != nil && len(s.orig) == len(pool) && (len(pool) == 0 || &s.orig[0] == &pool[0]) {
+			return s.state
+		}
+	}
+	for i := range c.snaps {
+		if s := c.snaps[i].Load(); s != nil && c.sameAddrs(s.addrs, pool) {
+			return s.state
+		}
 	}
 	return c.rebuild(pool)
 }
 
-// Refresh compares pool with the cached one element by element and
-// rebuilds the state if they differ.
+// Refresh finds or builds the state for pool by its addresses, ignoring
+// the identity of the slice.
 func (c *PoolCache[U, S]) Refresh(pool []U) S { return c.rebuild(pool) }
+
+func (c *PoolCache[U, S]) sameAddrs(addrs []string, pool []U) bool {
+	if len(addrs) != len(pool) {
+		return false
+	}
+	for i, u := range pool {
+		if c.Addr(u) != addrs[i] {
+			return false
+		}
+	}
+	return true
+}
 
 func (c *PoolCache[U, S]) rebuild(pool []U) S {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := c.cur.Load()
-	if s != nil && slices.Equal(s.ups, pool) {
-		if len(pool) > 0 && &s.orig[0] != &pool[0] {
-			// The same upstreams in another slice: remember this one for
-			// the identity check.
-			c.cur.Store(&poolSnap[U, S]{orig: pool, ups: s.ups, addrs: s.addrs, state: s.state})
-		}
-		return s.state
-	}
 	addrs := make([]string, len(pool))
 	for i, u := range pool {
 		addrs[i] = c.Addr(u)
 	}
-	ups := append([]U(nil), pool...)
-	if s != nil && slices.Equal(s.addrs, addrs) {
-		// Same upstreams behind new objects (a reload, dynamic upstreams):
-		// keep the derived state.
-		c.cur.Store(&poolSnap[U, S]{orig: pool, ups: ups, addrs: s.addrs, state: s.state})
-		return s.state
+	for i := range c.snaps {
+		if s := c.snaps[i].Load(); s != nil && slices.Equal(s.addrs, addrs) {
+			// Same upstreams in another slice (a reload, dynamic
+			// upstreams): keep the state, remember the slice.
+			c.snaps[i].Store(&poolSnap[U, S]{orig: pool, addrs: s.addrs, state: s.state})
+			return s.state
+		}
 	}
-	n := &poolSnap[U, S]{orig: pool, ups: ups, addrs: addrs, state: c.Build(addrs)}
-	c.cur.Store(n)
+	n := &poolSnap[U, S]{orig: pool, addrs: addrs, state: c.Build(addrs)}
+	c.snaps[c.next].Store(n)
+	c.next = (c.next + 1) % poolCacheSlots
 	return n.state
 }

@@ -212,3 +212,27 @@ func TestPoolCacheGetAllocations(t *testing.T) {
 		t.Fatalf("cached Get allocates %.1f times, want 0", n)
 	}
 }
+
+// A fallback policy is handed the full pool on first attempts and the pool
+// less a failed upstream on retries, in turn: both stay cached.
+func TestPoolCacheAlternatingPools(t *testing.T) {
+	c, builds := countingCache()
+	full := ups("a", "b", "c", "d")
+	less := []*fakeUp{full[0], full[1], full[3]}
+	for i := 0; i < 100; i++ {
+		if got := c.Get(full); got != "a,b,c,d" {
+			t.Fatalf("full pool: %q", got)
+		}
+		// A new slice each time, as a retry filters the pool anew.
+		if got := c.Get(append([]*fakeUp(nil), less...)); got != "a,b,d" {
+			t.Fatalf("filtered pool: %q", got)
+		}
+	}
+	if n := builds.Load(); n != 2 {
+		t.Fatalf("two pools in turn built %d times, want 2", n)
+	}
+	// Dynamic upstreams: new objects with the same addresses, no rebuild.
+	if got := c.Get(ups("a", "b", "c", "d")); got != "a,b,c,d" || builds.Load() != 2 {
+		t.Fatalf("same addresses in new objects: %q after %d builds", got, builds.Load())
+	}
+}

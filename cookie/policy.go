@@ -381,8 +381,9 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 			up, idx, result = u, i, affinity.ResultHit
 			issued = st.tok.Issued
 		} else if s.strict {
+			// Not marked as tried: if it recovers within lb_try_duration,
+			// a retry still reaches it.
 			s.logDecision(r, "", affinity.ResultRebind, affinity.ReasonNone, "strict: session's upstream unavailable")
-			st.tried = append(st.tried, u)
 			return nil
 		} else {
 			result = affinity.ResultRebind
@@ -501,9 +502,11 @@ func mix64(x uint64) uint64 {
 	return x ^ x>>31
 }
 
+// triedUp reports whether an earlier attempt of the request used u. It
+// compares addresses: dynamic upstreams are new objects on every attempt.
 func (st *reqState) triedUp(u *reverseproxy.Upstream) bool {
 	for _, t := range st.tried {
-		if t == u {
+		if t == u || t.Dial == u.Dial {
 			return true
 		}
 	}

@@ -1167,3 +1167,21 @@ func TestSelectPoolChangedInPlace(t *testing.T) {
 		t.Fatalf("the session was not rebound with a fresh cookie: %q", w.Header()["Set-Cookie"])
 	}
 }
+
+// Dynamic upstreams are new objects on every attempt: a retry must still
+// move off the upstream that failed, by its address.
+func TestRetryDynamicUpstreamsMovesOff(t *testing.T) {
+	s := provision(t, &StickyCookie{})
+	r, w := newRequest(), httptest.NewRecorder()
+	seen := map[string]bool{}
+	for attempt := 0; attempt < 3; attempt++ {
+		up := s.Select(testPool(3), r, w)
+		if up == nil || seen[up.Dial] {
+			t.Fatalf("attempt %d chose %v, already tried", attempt, up)
+		}
+		seen[up.Dial] = true
+	}
+	if n := len(setCookieLines(w.Header(), s.Name)); n != 1 {
+		t.Fatalf("%d Set-Cookie lines after the retries, want 1", n)
+	}
+}

@@ -233,7 +233,9 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	case []*l4proxy.Upstream:
 		tried = v
 	}
-	avail := func(i int) bool { return available(up[i], conn) && !slices.Contains(tried, up[i]) }
+	avail := func(i int) bool {
+		return available(up[i], conn) && !slices.ContainsFunc(tried, func(t *l4proxy.Upstream) bool { return t == up[i] || t.String() == up[i].String() })
+	}
 	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
 	if p.Stale(i, up[max(i, 0)].String()) {
 		p = s.pools.Refresh(up)
