@@ -139,7 +139,7 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 		return s.fallbackSelect(pool, r, w)
 	}
 	rememberTried(vars, tried, pool[i])
-	ip.LogDecision(s.logger, IPPolicyName, k, pool[i].Dial, res)
+	ip.LogDecision(s.logger, IPPolicyName, k, pool[i].Dial, res, s.Sessions() != nil)
 	return pool[i]
 }
 

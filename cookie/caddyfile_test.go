@@ -265,3 +265,23 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateCookiePrefixes(t *testing.T) {
+	for _, tc := range []struct {
+		s  StickyCookie
+		ok bool
+	}{
+		{StickyCookie{Name: "__Host-aff", Secure: "auto", Path: "/"}, true},
+		{StickyCookie{Name: "__Host-aff", Secure: "never", Path: "/"}, false},
+		{StickyCookie{Name: "__Host-aff", Domain: "example.com", Path: "/"}, false},
+		{StickyCookie{Name: "__Host-aff", Path: "/app"}, false},
+		{StickyCookie{Name: "__Secure-aff", Secure: "always", Path: "/"}, true},
+		{StickyCookie{Name: "__Secure-aff", Secure: "never", Path: "/"}, false},
+	} {
+		tc.s.Mode = ModeInsert
+		err := tc.s.Validate()
+		if (err == nil) != tc.ok || (err != nil && !strings.HasPrefix(err.Error(), "name:")) {
+			t.Errorf("%+v: Validate = %v, want ok=%v with an error naming the name", tc.s, err, tc.ok)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/cespare/xxhash/v2"
@@ -233,6 +234,14 @@ func (s *StickyCookie) validate() error {
 	if !validCookieName(s.Name) {
 		return fmt.Errorf("name: %q is not a valid cookie name", s.Name)
 	}
+	// Browsers drop prefixed cookies that break the prefix's rules.
+	if s.Mode == ModeInsert && strings.HasPrefix(s.Name, "__Secure-") && s.Secure == "never" {
+		return fmt.Errorf("name: a __Secure- cookie must be Secure; secure never contradicts it")
+	}
+	if s.Mode == ModeInsert && strings.HasPrefix(s.Name, "__Host-") &&
+		(s.Secure == "never" || s.Domain != "" || (s.Path != "" && s.Path != "/")) {
+		return fmt.Errorf("name: a __Host- cookie must be Secure, with Path=/ and no Domain")
+	}
 	if s.Mode == ModeRewrite {
 		// Attributes are the backend's in rewrite mode; silently ignoring
 		// them would mislead.
@@ -318,6 +327,9 @@ func validCookieName(n string) bool {
 	return true
 }
 
+// maxCandidates bounds the cookies of one request whose token is verified.
+const maxCandidates = 8
+
 // reqState is what one request's selections share across retries. Caddy
 // calls Select again for every retry with the same request, whose Cookie
 // header this policy has already edited, so the parsed token lives here.
@@ -329,6 +341,10 @@ type reqState struct {
 	attempts int
 	triedArr [2]*reverseproxy.Upstream
 	tried    []*reverseproxy.Upstream
+	// The backend's own value (rewrite mode), hashed, when the request
+	// carries its cookie: routes the session while it has no valid token.
+	origHash uint64
+	hasOrig  bool
 	// Set by the last selection, for rewrite mode's handler.
 	chosenID uint64
 	issued   uint32
@@ -395,9 +411,15 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		if st.attempts > 1 {
 			result = affinity.ResultRebind
 		}
-		if s.rewrite && result == affinity.ResultRebind && st.valid {
-			up = s.pickStable(pool, st)
-		} else {
+		switch {
+		case s.rewrite && result == affinity.ResultRebind && st.valid:
+			up = s.pickStable(pool, st, st.tok.Upstream)
+		case s.rewrite && !st.valid && st.hasOrig:
+			// The backend's cookie without a valid token (expired, an
+			// old key, set before this config): the backend may never set
+			// it again, so route by its value, the same way each time.
+			up = s.pickStable(pool, st, st.origHash)
+		default:
 			up = s.pickNew(pool, r, w, st)
 		}
 		if up == nil {
@@ -469,14 +491,14 @@ func (s *StickyCookie) pickNew(pool reverseproxy.UpstreamPool, r *http.Request, 
 // down. Rendezvous hashing on the token's upstream ID does that, and when
 // the upstream returns the session goes back to it. It costs O(n), on the
 // failure path only.
-func (s *StickyCookie) pickStable(pool reverseproxy.UpstreamPool, st *reqState) *reverseproxy.Upstream {
+func (s *StickyCookie) pickStable(pool reverseproxy.UpstreamPool, st *reqState, key uint64) *reverseproxy.Upstream {
 	var best, spare *reverseproxy.Upstream
 	var bestScore, spareScore uint64
 	for _, u := range pool {
 		if !u.Available() || st.triedUp(u) {
 			continue
 		}
-		score := mix64(st.tok.Upstream ^ xxhash.Sum64String(u.Dial))
+		score := mix64(key ^ xxhash.Sum64String(u.Dial))
 		if affinity.IsDraining(u.Dial) {
 			if spare == nil || score > spareScore {
 				spare, spareScore = u, score
@@ -531,10 +553,13 @@ func (s *StickyCookie) readCookie(r *http.Request, st *reqState, now time.Time) 
 	if len(lines) == 0 {
 		return
 	}
+	candidates := 0
 	consider := func(tok string) {
-		if st.valid {
+		// A header full of token-shaped values must not buy an HMAC each.
+		if st.valid || candidates >= maxCandidates {
 			return
 		}
+		candidates++
 		kind := affinity.KindInsert
 		if s.rewrite {
 			kind = affinity.KindRoute
@@ -554,6 +579,9 @@ func (s *StickyCookie) readCookie(r *http.Request, st *reqState, now time.Time) 
 	if s.rewrite {
 		lines = EditLines(lines, s.Name, func(v string) (string, bool, bool) {
 			tok, orig, ok := SplitRouted(v)
+			if !st.hasOrig {
+				st.origHash, st.hasOrig = xxhash.Sum64String(orig), true
+			}
 			if !ok {
 				return v, true, false
 			}
@@ -614,8 +642,11 @@ func (st *reqState) routeToken() string {
 }
 
 func (s *StickyCookie) logDecision(r *http.Request, upstream string, res affinity.Result, reason affinity.Reason, msg string) {
+	// A rebind is news when it re-issues the cookie (insert mode); in
+	// rewrite mode it repeats on every request until the backend sets its
+	// cookie again.
 	level := zapcore.DebugLevel
-	if res == affinity.ResultRebind {
+	if res == affinity.ResultRebind && !s.rewrite && msg == "" {
 		level = zapcore.InfoLevel
 	}
 	c := s.logger.Check(level, "affinity decision")
@@ -642,6 +673,7 @@ var (
 	_ reverseproxy.Selector = (*StickyCookie)(nil)
 	_ caddy.Provisioner     = (*StickyCookie)(nil)
 	_ caddy.Validator       = (*StickyCookie)(nil)
+	_ caddyfile.Unmarshaler = (*StickyCookie)(nil)
 )
 
 // RegisterParentUpstreams makes the static upstreams of the reverse_proxy

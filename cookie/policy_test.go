@@ -1185,3 +1185,29 @@ func TestRetryDynamicUpstreamsMovesOff(t *testing.T) {
 		t.Fatalf("%d Set-Cookie lines after the retries, want 1", n)
 	}
 }
+
+// In rewrite mode a backend cookie without a valid token (set before this
+// config, expired, signed by a dropped key) routes by its value: the same
+// upstream on every request, since the backend may never set it again.
+func TestRewriteWithoutTokenRoutesByValue(t *testing.T) {
+	pool := testPool(4)
+	s := provision(t, &StickyCookie{Mode: ModeRewrite, Name: "SESSID"})
+	spread := map[string]bool{}
+	for c := 0; c < 20; c++ {
+		val := fmt.Sprintf("8159697f.66118%04d", c)
+		first := s.Select(pool, newRequest("SESSID="+val), httptest.NewRecorder())
+		for i := 0; i < 10; i++ {
+			r := newRequest("a=1; SESSID=" + val)
+			if up := s.Select(pool, r, httptest.NewRecorder()); up != first {
+				t.Fatalf("value %s went to %s then %s", val, first.Dial, up.Dial)
+			}
+			if got := r.Header.Get("Cookie"); got != "a=1; SESSID="+val {
+				t.Fatalf("the backend's cookie was changed: %q", got)
+			}
+		}
+		spread[first.Dial] = true
+	}
+	if len(spread) < 3 {
+		t.Fatalf("20 sessions reached only %d of 4 upstreams", len(spread))
+	}
+}

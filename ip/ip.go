@@ -267,10 +267,12 @@ func (c *Config) ParseBlock(d *caddyfile.Dispenser, own func(d *caddyfile.Dispen
 }
 
 // LogDecision logs one decision of an IP policy: at debug level, or at info
-// level for a rebind. It costs nothing when neither is enabled.
-func LogDecision(logger *zap.Logger, policy string, client affinity.ClientKey, upstream string, res affinity.Result) {
+// level for a rebind that changed a session table entry (without a table,
+// every request of a client whose upstream is down moves again, which is
+// not news). It costs nothing when the level is disabled.
+func LogDecision(logger *zap.Logger, policy string, client affinity.ClientKey, upstream string, res affinity.Result, table bool) {
 	level := zapcore.DebugLevel
-	if res == affinity.ResultRebind {
+	if res == affinity.ResultRebind && table {
 		level = zapcore.InfoLevel
 	}
 	if c := logger.Check(level, "affinity decision"); c != nil {

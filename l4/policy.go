@@ -1,7 +1,8 @@
 // Package l4 is client-IP affinity for the layer4 app (caddy-l4): the
-// layer4.proxy.selection_policies.ip_affinity policy. It shares its hash,
-// its options and its session tables with the HTTP ip_affinity policy, so
-// both send a client to the same upstream.
+// layer4.proxy.selection_policies.ip_affinity policy. It shares its hash
+// and its options with the HTTP ip_affinity policy, so both send a client
+// to the same upstream (each keeps its own session table, so after a
+// failover the two may remember different upstreams for a client).
 package l4
 
 import (
@@ -249,7 +250,7 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	} else {
 		conn.SetVar(triedVarKey, append(tried, up[i]))
 	}
-	ip.LogDecision(s.logger, PolicyName, k, up[i].String(), res)
+	ip.LogDecision(s.logger, PolicyName, k, up[i].String(), res, s.Sessions() != nil)
 	return up[i]
 }
 
