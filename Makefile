@@ -49,7 +49,7 @@ bench-go:
 
 ## soak: the long reliability soak (make test runs a short one)
 soak: $(CADDY) deps
-	AFFINITY_SOAK=long $(GO) test -count=1 -run 'TestSoak$$' -v -timeout 30m ./integration
+	AFFINITY_SOAK=long AFFINITY_SOAK_REPORT=$(CURDIR)/docs/soak.md $(GO) test -count=1 -run 'TestSoak$$' -v -timeout 30m ./integration
 
 clean:
 	rm -rf bin
