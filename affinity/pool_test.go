@@ -197,7 +197,7 @@ func TestPoolCacheConcurrent(t *testing.T) {
 
 func TestPoolCacheGetAllocations(t *testing.T) {
 	if raceEnabled() {
-		t.Skip("allocation counts are meaningless under -race")
+		t.Skip("allocation counts require a build without -race")
 	}
 	c, _ := countingCache()
 	pool := ups(func() []string {

@@ -540,7 +540,7 @@ func raceEnabled() bool {
 
 func TestTokenCodecAllocations(t *testing.T) {
 	if raceEnabled() {
-		t.Skip("allocation counts are meaningless under -race")
+		t.Skip("allocation counts require a build without -race")
 	}
 	k := mustKeyring(t, "c", testKey, otherKey)
 	tok := string(mustKeyring(t, "c", otherKey).AppendToken(nil, Token{Kind: KindInsert, Upstream: 3}))

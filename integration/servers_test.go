@@ -40,7 +40,7 @@ func requireServer(t *testing.T, kind string) {
 	if os.Getenv("AFFINITY_REQUIRE_SERVERS") != "" {
 		t.Fatal(msg)
 	}
-	t.Skip(msg)
+	t.Skipf("%s; set AFFINITY_REQUIRE_SERVERS=1 to require them", msg)
 }
 
 // webServer is one running Apache, nginx or lighttpd.
