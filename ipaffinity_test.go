@@ -164,3 +164,26 @@ func TestIPAffinityRetryDynamicUpstreams(t *testing.T) {
 		seen[u.Dial] = true
 	}
 }
+
+// TestIPSelectAllocations: ip_affinity selects without allocating. Run
+// without -race by make test.
+func TestIPSelectAllocations(t *testing.T) {
+	if raceDetector {
+		t.Skip("allocation counts require a build without -race")
+	}
+	pool := testPool(16)
+	p := &IPAffinity{}
+	provision(t, p)
+	p.logger = zap.NewNop()
+	r := clientRequest("203.0.113.50", "203.0.113.50:4000")
+	vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	n := testing.AllocsPerRun(200, func() {
+		delete(vars, triedVarKey)
+		if p.Select(pool, r, nil) == nil {
+			t.Fatal("no upstream")
+		}
+	})
+	if n != 0 {
+		t.Fatalf("ip_affinity Select: %.1f allocations, want 0", n)
+	}
+}

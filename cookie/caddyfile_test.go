@@ -268,20 +268,21 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 
 func TestValidateCookiePrefixes(t *testing.T) {
 	for _, tc := range []struct {
-		s  StickyCookie
+		s  *StickyCookie
 		ok bool
 	}{
-		{StickyCookie{Name: "__Host-aff", Secure: "auto", Path: "/"}, true},
-		{StickyCookie{Name: "__Host-aff", Secure: "never", Path: "/"}, false},
-		{StickyCookie{Name: "__Host-aff", Domain: "example.com", Path: "/"}, false},
-		{StickyCookie{Name: "__Host-aff", Path: "/app"}, false},
-		{StickyCookie{Name: "__Secure-aff", Secure: "always", Path: "/"}, true},
-		{StickyCookie{Name: "__Secure-aff", Secure: "never", Path: "/"}, false},
+		{&StickyCookie{Name: "__Host-aff", Secure: "auto", Path: "/"}, true},
+		{&StickyCookie{Name: "__Host-aff", Secure: "never", Path: "/"}, false},
+		{&StickyCookie{Name: "__Host-aff", Domain: "example.com", Path: "/"}, false},
+		{&StickyCookie{Name: "__Host-aff", Path: "/app"}, false},
+		{&StickyCookie{Name: "__Secure-aff", Secure: "always", Path: "/"}, true},
+		{&StickyCookie{Name: "__Secure-aff", Secure: "never", Path: "/"}, false},
 	} {
 		tc.s.Mode = ModeInsert
 		err := tc.s.Validate()
 		if (err == nil) != tc.ok || (err != nil && !strings.HasPrefix(err.Error(), "name:")) {
-			t.Errorf("%+v: Validate = %v, want ok=%v with an error naming the name", tc.s, err, tc.ok)
+			t.Errorf("%s (secure %q, path %q, domain %q): Validate = %v, want ok=%v with an error naming the name",
+				tc.s.Name, tc.s.Secure, tc.s.Path, tc.s.Domain, err, tc.ok)
 		}
 	}
 }

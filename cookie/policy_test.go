@@ -1211,3 +1211,35 @@ func TestRewriteWithoutTokenRoutesByValue(t *testing.T) {
 		t.Fatalf("20 sessions reached only %d of 4 upstreams", len(spread))
 	}
 }
+
+// TestSelectAllocations holds the target of the issue: a valid cookie costs
+// at most 2 allocations a selection (the request state kept for retries and
+// the Cookie header without the cookie). Run without -race by make test.
+func TestSelectAllocations(t *testing.T) {
+	if raceEnabled() {
+		t.Skip("allocation counts require a build without -race")
+	}
+	pool := testPool(16)
+	s := provision(t, &StickyCookie{})
+	line := "_ga=GA1.2.3.4; affinity=" + insertCookie(s, pool, 8, time.Now(), time.Now()) + "; theme=dark"
+	const runs = 200
+	reqs := make([]*http.Request, runs+1)
+	for i := range reqs {
+		r := newRequest()
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{
+			caddyhttp.TrustedProxyVarKey: false, caddyhttp.ClientIPVarKey: "192.0.2.1"}))
+		r.Header = http.Header{"Cookie": {line}}
+		reqs[i] = r
+	}
+	w := httptest.NewRecorder()
+	i := 0
+	n := testing.AllocsPerRun(runs, func() {
+		if s.Select(pool, reqs[i], w) != pool[8] {
+			t.Fatal("valid cookie not honoured")
+		}
+		i++
+	})
+	if n > 2 {
+		t.Fatalf("Select with a valid cookie: %.1f allocations, want at most 2", n)
+	}
+}

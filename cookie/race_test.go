@@ -1,0 +1,3 @@
+package cookie
+
+func raceEnabled() bool { return raceDetector }

@@ -1,0 +1,5 @@
+//go:build race
+
+package caddyaffinity
+
+const raceDetector = true
