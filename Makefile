@@ -16,9 +16,9 @@ demo: $(CADDY)
 
 ## test: vet, formatting, and every test (unit, fuzz seeds, integration) with -race
 test: $(CADDY) deps vet fmt-check
+	@# Allocation counts are meaningless under -race: their tests run without it.
+	$(GO) test -count=1 -run 'Allocations$$' . ./affinity/ ./cookie/
 	$(GO) test -race -count=1 -timeout 20m ./...
-	@# Allocation counts are meaningless under -race: their tests run again without it.
-	$(GO) test -count=1 -run 'Allocations$$' . ./affinity/ ./cookie/ ./l4/
 
 ## caddy: build bin/caddy through xcaddy's Go package
 caddy: $(CADDY)
