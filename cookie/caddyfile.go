@@ -20,6 +20,7 @@ import (
 //		same_site      auto|lax|strict|none
 //		http_only      on|off
 //		forward_cookie on|off
+//		nocache        on|off
 //		fallback       <policy> [<args...>] [{ ... }]
 //		on_failure     rebind|strict
 //	}
@@ -74,6 +75,8 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			s.HTTPOnly = &on
 		case "forward_cookie":
 			s.ForwardCookie, err = parse.OnOff(d)
+		case "nocache":
+			s.NoCache, err = parse.OnOff(d)
 		case "fallback":
 			s.FallbackRaw, err = parse.Module(d, "http.reverse_proxy.selection_policies", "policy")
 		case "on_failure":

@@ -44,6 +44,7 @@ func TestUnmarshalCaddyfileEveryOption(t *testing.T) {
 		same_site      strict
 		http_only      off
 		forward_cookie on
+		nocache        on
 		fallback       random_choose 3
 		on_failure     strict
 	}`)
@@ -58,7 +59,7 @@ func TestUnmarshalCaddyfileEveryOption(t *testing.T) {
 		IdleTimeout: caddy.Duration(30 * time.Minute),
 		MaxLifetime: caddy.Duration(12 * time.Hour),
 		Path:        "/app", Domain: "example.com", Secure: "always", SameSite: "strict",
-		HTTPOnly: &off, ForwardCookie: true, OnFailure: "strict",
+		HTTPOnly: &off, ForwardCookie: true, NoCache: true, OnFailure: "strict",
 	}
 	jsonEqual(t, s.FallbackRaw, `{"policy":"random_choose","choose":3}`)
 	s.FallbackRaw = nil
@@ -158,6 +159,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"bad on_failure", "sticky_cookie {\n\ton_failure retry\n}", []string{"on_failure: expected one of rebind, strict", "Testfile:2"}},
 		{"bad on/off", "sticky_cookie {\n\thttp_only maybe\n}", []string{"http_only: expected on or off", "Testfile:2"}},
 		{"bad forward_cookie", "sticky_cookie {\n\tforward_cookie 1\n}", []string{"forward_cookie: expected on or off", "Testfile:2"}},
+		{"bad nocache", "sticky_cookie {\n\tnocache maybe\n}", []string{"nocache: expected on or off", "Testfile:2"}},
 		{"bad duration", "sticky_cookie {\n\tidle_timeout soon\n}", []string{"idle_timeout: invalid duration 'soon'", "Testfile:2"}},
 		{"negative duration", "sticky_cookie {\n\tmax_lifetime -1h\n}", []string{"max_lifetime: duration must not be negative", "Testfile:2"}},
 		{"negative max_age", "sticky_cookie {\n\tmax_age -5s\n}", []string{"max_age: duration must not be negative", "Testfile:2"}},
@@ -203,6 +205,7 @@ func TestValidateRewriteInsertOnly(t *testing.T) {
 		"same_site":      "same_site strict",
 		"http_only":      "http_only on",
 		"forward_cookie": "forward_cookie on",
+		"nocache":        "nocache on",
 	} {
 		s, err := parseCaddyfile("sticky_cookie SESSID {\n\tmode rewrite\n\t" + line + "\n}")
 		if err != nil {

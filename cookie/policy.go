@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -106,6 +107,13 @@ type StickyCookie struct {
 	// mode). Default: false, the cookie is removed from the proxied request
 	// (HAProxy's `indirect`), so backends never see it.
 	ForwardCookie bool `json:"forward_cookie,omitempty"`
+
+	// Whether a response that inserts the cookie is marked
+	// `Cache-Control: private` (insert mode), so that a shared cache in
+	// front of Caddy never stores it and hands one client's cookie, and so
+	// its upstream, to others (HAProxy's `nocache`). Only responses that set
+	// the cookie are marked. Default: false.
+	NoCache bool `json:"nocache,omitempty"`
 
 	// The selection policy for requests without a valid cookie, and for
 	// rebinding. Any `http.reverse_proxy.selection_policies` module works.
@@ -252,7 +260,7 @@ func (s *StickyCookie) validate() error {
 			{"max_age", s.MaxAge != 0}, {"idle_timeout", s.IdleTimeout != 0}, {"path", s.Path != "" && s.Path != "/"},
 			{"domain", s.Domain != ""}, {"secure", s.Secure != "" && s.Secure != "auto"},
 			{"same_site", s.SameSite != "" && s.SameSite != "auto"}, {"http_only", s.HTTPOnly != nil},
-			{"forward_cookie", s.ForwardCookie},
+			{"forward_cookie", s.ForwardCookie}, {"nocache", s.NoCache},
 		} {
 			if o.set {
 				return fmt.Errorf("%s: applies to insert mode only; in rewrite mode the backend's cookie keeps its own attributes", o.name)
@@ -615,6 +623,9 @@ func (s *StickyCookie) setCookie(w http.ResponseWriter, secure bool, t affinity.
 	line = s.keys.AppendToken(line, t)
 	line = s.attrs.AppendAttrs(line, secure)
 	h["Set-Cookie"] = append(h["Set-Cookie"], string(line))
+	if s.NoCache && !slices.Contains(h["Cache-Control"], "private") {
+		h["Cache-Control"] = append(h["Cache-Control"], "private")
+	}
 }
 
 // removeSetCookie removes the Set-Cookie lines for cookie name.

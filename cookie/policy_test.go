@@ -1243,3 +1243,29 @@ func TestSelectAllocations(t *testing.T) {
 		t.Fatalf("Select with a valid cookie: %.1f allocations, want at most 2", n)
 	}
 }
+
+// nocache marks exactly the responses that insert the cookie as private.
+func TestNoCache(t *testing.T) {
+	pool := testPool(3)
+	s := provision(t, &StickyCookie{NoCache: true})
+	w := httptest.NewRecorder()
+	r := newRequest()
+	up := s.Select(pool, r, w)
+	s.Select(pool, r, w) // a retry re-issues the cookie: still one "private"
+	if got := w.Header()["Cache-Control"]; len(got) != 1 || got[0] != "private" {
+		t.Fatalf("new session: Cache-Control %q, want [private]", got)
+	}
+	now := time.Now()
+	val := insertCookie(s, pool, indexOf(pool, up), now, now)
+	w = httptest.NewRecorder()
+	s.Select(pool, newRequest("affinity="+val), w)
+	if got := w.Header()["Cache-Control"]; len(got) != 0 {
+		t.Fatalf("a hit that sets no cookie was marked %q", got)
+	}
+	plain := provision(t, &StickyCookie{})
+	w = httptest.NewRecorder()
+	plain.Select(pool, newRequest(), w)
+	if got := w.Header()["Cache-Control"]; len(got) != 0 {
+		t.Fatalf("without nocache: Cache-Control %q", got)
+	}
+}

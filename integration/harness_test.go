@@ -329,6 +329,7 @@ type reply struct {
 	backend    string
 	setCookies []string
 	body       string
+	cache      []string // Cache-Control
 }
 
 func (c *client) get(url string, hdr ...string) reply {
@@ -358,7 +359,7 @@ func (c *client) try(url string, hdr ...string) (reply, error) {
 		return reply{}, err
 	}
 	return reply{status: resp.StatusCode, backend: resp.Header.Get("X-Backend"),
-		setCookies: resp.Header.Values("Set-Cookie"), body: string(body)}, nil
+		setCookies: resp.Header.Values("Set-Cookie"), body: string(body), cache: resp.Header.Values("Cache-Control")}, nil
 }
 
 // cookie returns the value the jar holds for name on url.

@@ -32,7 +32,7 @@ func TestInsertStickiness(t *testing.T) {
 	b1, b2, b3 := newBackend(t, "b1"), newBackend(t, "b2"), newBackend(t, "b3")
 	port := freePort(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	c := startCaddy(t, insertSite(port, "secret "+testSecret+"\nmax_age 1h", b1, b2, b3),
+	c := startCaddy(t, insertSite(port, "secret "+testSecret+"\nmax_age 1h\nnocache on", b1, b2, b3),
 		caddyOpts{wait: []string{fmt.Sprintf("127.0.0.1:%d", port)}})
 
 	used := map[string]int{}
@@ -57,6 +57,9 @@ func TestInsertStickiness(t *testing.T) {
 				t.Fatalf("cookie %q reveals backend address %s", sc[0], b.addr)
 			}
 		}
+		if len(first.cache) != 1 || first.cache[0] != "private" {
+			t.Fatalf("client %d: the response inserting the cookie has Cache-Control %q, want private", i, first.cache)
+		}
 		used[first.backend]++
 		for j := 0; j < 10; j++ {
 			r := cl.get(url)
@@ -65,6 +68,9 @@ func TestInsertStickiness(t *testing.T) {
 			}
 			if len(setCookiesNamed(r.setCookies, "affinity")) != 0 {
 				t.Fatalf("client %d: cookie re-set on a hit: %q", i, r.setCookies)
+			}
+			if len(r.cache) != 0 {
+				t.Fatalf("client %d: a hit was marked Cache-Control %q", i, r.cache)
 			}
 		}
 	}
