@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/caddyserver/xcaddy"
 )
@@ -18,10 +19,22 @@ const CaddyVersion = "v2.11.9"
 // ModulePath is this plugin's module path.
 const ModulePath = "github.com/caddy-affinity/caddy-affinity"
 
-// RepoRoot returns the root of this module's checkout.
+// RepoRoot returns the root of this module's checkout: from this file's
+// path, or (when built with -trimpath) from the working directory up.
 func RepoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Dir(filepath.Dir(file))
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		return filepath.Dir(filepath.Dir(file))
+	}
+	dir, _ := os.Getwd()
+	for d := dir; ; d = filepath.Dir(d) {
+		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil &&
+			strings.Contains(string(b), "module "+ModulePath+"\n") {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
 }
 
 // BuildCaddy builds Caddy with the plugin from this checkout into out, with
