@@ -47,6 +47,7 @@ type IPAffinity struct {
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
 	fallback reverseproxy.Selector
+	static   []string // the parent's static upstreams, retained
 	pools    affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
 	logger   *zap.Logger
 	now      func() time.Time
@@ -85,9 +86,10 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	if err := affinity.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
-	cookie.RegisterParentUpstreams(ctx, IPPolicyName)
+	s.static = cookie.RegisterParentUpstreams(ctx, IPPolicyName)
 	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
 	s.pools.Build = func(addrs []string) *affinity.IPPool { return affinity.NewIPPool(IPPolicyName, addrs) }
+	s.pools.Drop = func(p *affinity.IPPool) { p.Release(IPPolicyName) }
 	return nil
 }
 
@@ -101,8 +103,13 @@ func (s *IPAffinity) Validate() error {
 	return s.Config.Validate()
 }
 
-// Cleanup releases the session table.
-func (s *IPAffinity) Cleanup() error { return s.Config.Cleanup() }
+// Cleanup releases the session table and the upstreams this config made
+// known.
+func (s *IPAffinity) Cleanup() error {
+	s.pools.Close()
+	affinity.Release(IPPolicyName, s.static...)
+	return s.Config.Cleanup()
+}
 
 // Select returns the upstream of the request's client.
 func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {

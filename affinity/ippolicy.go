@@ -31,12 +31,16 @@ type IPPool struct {
 // NewIPPool builds the state of a pool for policy kind policy.
 func NewIPPool(policy string, addrs []string) *IPPool {
 	p := &IPPool{Table: NewTable(addrs), IDs: make([]uint64, len(addrs)), Counters: make([]*Counters, len(addrs)), Addrs: addrs}
+	Retain(policy, addrs...)
 	for i, a := range addrs {
 		p.IDs[i] = NameUpstream(a)
 		p.Counters[i] = CountersFor(policy, a)
 	}
 	return p
 }
+
+// Release gives back what NewIPPool retained for policy.
+func (p *IPPool) Release(policy string) { Release(policy, p.Addrs...) }
 
 // Stale reports whether the upstream at position i of the caller's pool is
 // not the one p has there: the pool was changed in place, and the caller

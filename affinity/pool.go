@@ -69,6 +69,8 @@ type PoolCache[U comparable, S any] struct {
 	Addr func(U) string
 	// Build derives the state for a pool from its addresses.
 	Build func(addrs []string) S
+	// Drop, if set, releases a state the cache no longer keeps.
+	Drop func(S)
 
 	snaps [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
 	next  int // slot the next new pool replaces; guarded by mu
@@ -132,7 +134,21 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 		}
 	}
 	n := &poolSnap[U, S]{orig: pool, addrs: addrs, state: c.Build(addrs)}
-	c.snaps[c.next].Store(n)
+	if old := c.snaps[c.next].Swap(n); old != nil && c.Drop != nil {
+		c.Drop(old.state)
+	}
 	c.next = (c.next + 1) % poolCacheSlots
 	return n.state
+}
+
+// Close drops every cached state, when the config that owns the cache is
+// unloaded.
+func (c *PoolCache[U, S]) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.snaps {
+		if old := c.snaps[i].Swap(nil); old != nil && c.Drop != nil {
+			c.Drop(old.state)
+		}
+	}
 }

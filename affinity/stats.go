@@ -76,7 +76,48 @@ type statsKey struct{ policy, addr string }
 
 var stats struct {
 	sync.RWMutex
-	m map[statsKey]*Counters
+	m    map[statsKey]*Counters
+	refs map[statsKey]int
+}
+
+// Retain marks the upstreams at addrs as in use by a live config of policy
+// kind policy (their pool is cached, or they are its static upstreams).
+// While any config retains an address, its counters are kept and the admin
+// API and metrics list it; Release gives it back, and an address nobody
+// retains is forgotten, so upstreams that come and go (dynamic upstreams,
+// reloads) do not pile up.
+func Retain(policy string, addrs ...string) {
+	stats.Lock()
+	defer stats.Unlock()
+	if stats.refs == nil {
+		stats.refs = make(map[statsKey]int)
+	}
+	for _, a := range addrs {
+		k := statsKey{policy, a}
+		stats.refs[k]++
+		if stats.m == nil {
+			stats.m = make(map[statsKey]*Counters)
+		}
+		if stats.m[k] == nil {
+			stats.m[k] = new(Counters)
+		}
+	}
+}
+
+// Release undoes one Retain of each address.
+func Release(policy string, addrs ...string) {
+	stats.Lock()
+	defer stats.Unlock()
+	for _, a := range addrs {
+		k := statsKey{policy, a}
+		if stats.refs[k] <= 0 {
+			continue
+		}
+		if stats.refs[k]--; stats.refs[k] == 0 {
+			delete(stats.refs, k)
+			delete(stats.m, k)
+		}
+	}
 }
 
 // CountersFor returns the process-wide counters of policy kind policy for

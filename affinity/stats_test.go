@@ -263,3 +263,45 @@ func TestResultNames(t *testing.T) {
 		t.Errorf("Result(99).String() = %q", Result(99).String())
 	}
 }
+
+// Addresses live while some config retains them, and are forgotten after,
+// so upstreams that come and go do not pile up in the admin API and metrics.
+func TestRetainRelease(t *testing.T) {
+	const policy, a = "test_retain", "retain-a:80"
+	Retain(policy, a)
+	Retain(policy, a) // a reload: the new config retains before the old releases
+	CountersFor(policy, a).Record(ResultHit, ReasonNone)
+	Release(policy, a)
+	if !Known(a) || CountersFor(policy, a).Count(ResultHit) != 1 {
+		t.Fatalf("released once of twice: known %v, hits %d", Known(a), CountersFor(policy, a).Count(ResultHit))
+	}
+	Release(policy, a)
+	if Known(a) {
+		t.Fatalf("an address no config retains is still known")
+	}
+	listed := false
+	EachCounters(func(p, addr string, _ *Counters) { listed = listed || addr == a })
+	if listed {
+		t.Fatalf("an address no config retains is still listed")
+	}
+	Release(policy, a) // more releases than retains are ignored
+}
+
+func TestPoolCacheDropsEvictedAndClosed(t *testing.T) {
+	var dropped []string
+	c := &PoolCache[*fakeUp, string]{
+		Addr:  func(u *fakeUp) string { return u.addr },
+		Build: func(addrs []string) string { return strings.Join(addrs, ",") },
+		Drop:  func(s string) { dropped = append(dropped, s) },
+	}
+	for i := 0; i < poolCacheSlots+2; i++ {
+		c.Get(ups(fmt.Sprintf("p%d", i)))
+	}
+	if len(dropped) != 2 || dropped[0] != "p0" || dropped[1] != "p1" {
+		t.Fatalf("evicted %v, want the two oldest [p0 p1]", dropped)
+	}
+	c.Close()
+	if len(dropped) != poolCacheSlots+2 {
+		t.Fatalf("Close dropped %d states in all, want %d", len(dropped), poolCacheSlots+2)
+	}
+}

@@ -127,6 +127,7 @@ type StickyCookie struct {
 	// upstream is selected (503). Default: rebind.
 	OnFailure string `json:"on_failure,omitempty"`
 
+	static    []string // the parent's static upstreams, retained
 	fallback  reverseproxy.Selector
 	keys      *affinity.Keyring
 	life      affinity.Lifetimes
@@ -215,15 +216,24 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 	if err := affinity.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
-	RegisterParentUpstreams(ctx, PolicyName)
+	s.static = RegisterParentUpstreams(ctx, PolicyName)
 	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
 	s.pools.Build = func(addrs []string) *poolState {
+		affinity.Retain(PolicyName, addrs...)
 		ps := &poolState{addrs: addrs, index: s.keys.NewIndex(addrs), counters: make([]*affinity.Counters, len(addrs))}
 		for i, a := range addrs {
 			ps.counters[i] = affinity.CountersFor(PolicyName, a)
 		}
 		return ps
 	}
+	s.pools.Drop = func(ps *poolState) { affinity.Release(PolicyName, ps.addrs...) }
+	return nil
+}
+
+// Cleanup releases the upstreams this config made known.
+func (s *StickyCookie) Cleanup() error {
+	s.pools.Close()
+	affinity.Release(PolicyName, s.static...)
 	return nil
 }
 
@@ -684,23 +694,28 @@ var (
 	_ reverseproxy.Selector = (*StickyCookie)(nil)
 	_ caddy.Provisioner     = (*StickyCookie)(nil)
 	_ caddy.Validator       = (*StickyCookie)(nil)
+	_ caddy.CleanerUpper    = (*StickyCookie)(nil)
 	_ caddyfile.Unmarshaler = (*StickyCookie)(nil)
 )
 
 // RegisterParentUpstreams makes the static upstreams of the reverse_proxy
 // handler that loads a policy known to the admin API at once (so they can
-// be drained before any traffic), under policy kind policy. The handler is
-// the provisioning context's parent module.
-func RegisterParentUpstreams(ctx caddy.Context, policy string) {
+// be drained before any traffic), under policy kind policy, and returns
+// them for the policy's Cleanup to release. The handler is the
+// provisioning context's parent module.
+func RegisterParentUpstreams(ctx caddy.Context, policy string) []string {
+	var addrs []string
 	mods := ctx.Modules()
 	for i := len(mods) - 1; i >= 0; i-- {
 		if h, ok := mods[i].(*reverseproxy.Handler); ok {
 			for _, u := range h.Upstreams {
 				if u != nil && u.Dial != "" && !strings.Contains(u.Dial, "{") {
-					affinity.CountersFor(policy, u.Dial)
+					addrs = append(addrs, u.Dial)
 				}
 			}
-			return
+			break
 		}
 	}
+	affinity.Retain(policy, addrs...)
+	return addrs
 }

@@ -324,3 +324,30 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Fatalf("reload under load: %d failed requests, %d moved clients", failures.Load(), moves.Load())
 	}
 }
+
+// A reload that removes an upstream removes it from the admin API and the
+// metrics; the upstreams that stay keep their counters.
+func TestReloadForgetsRemovedUpstream(t *testing.T) {
+	b1, b2, b3 := newBackend(t, "b1"), newBackend(t, "b2"), newBackend(t, "b3")
+	cp, ip := freePort(t), freePort(t)
+	c := startCaddy(t, adminSites(cp, ip, b1, b2), caddyOpts{
+		wait: []string{fmt.Sprintf("127.0.0.1:%d", cp), fmt.Sprintf("127.0.0.1:%d", ip)}})
+	for i := 0; i < 20; i++ {
+		newClient(t).get(fmt.Sprintf("http://127.0.0.1:%d/", cp))
+	}
+	before := c.upstreams()
+	c.loadCaddyfile(adminSites(cp, ip, b2, b3), "")
+	for i := 0; i < 5; i++ {
+		newClient(t).get(fmt.Sprintf("http://127.0.0.1:%d/", cp))
+	}
+	after := c.upstreams()
+	if _, ok := after[b1.addr]; ok {
+		t.Fatalf("removed upstream %s still listed: %v", b1.addr, after)
+	}
+	if _, ok := after[b3.addr]; !ok {
+		t.Fatalf("added upstream %s not listed", b3.addr)
+	}
+	if after[b2.addr].New < before[b2.addr].New {
+		t.Fatalf("b2's counters went back from %d to %d", before[b2.addr].New, after[b2.addr].New)
+	}
+}

@@ -51,6 +51,7 @@ type IPAffinity struct {
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=layer4.proxy.selection_policies inline_key=policy"`
 
 	fallback l4proxy.Selector
+	static   []string // the parent's upstreams, retained
 	pools    affinity.PoolCache[*l4proxy.Upstream, *pool]
 	conns    *prometheus.GaugeVec
 	logger   *zap.Logger
@@ -103,8 +104,9 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		}
 		s.conns = g
 	}
-	registerParentUpstreams(ctx)
+	s.static = registerParentUpstreams(ctx)
 	s.pools.Addr = func(u *l4proxy.Upstream) string { return u.String() }
+	s.pools.Drop = func(p *pool) { p.Release(PolicyName) }
 	s.pools.Build = func(addrs []string) *pool {
 		p := &pool{IPPool: affinity.NewIPPool(PolicyName, addrs)}
 		if s.conns != nil {
@@ -165,19 +167,27 @@ func parentUpstreams(ctx caddy.Context) string {
 }
 
 // registerParentUpstreams makes the proxy handler's upstreams known to the
-// admin API before any connection.
-func registerParentUpstreams(ctx caddy.Context) {
+// admin API before any connection, and returns them for Cleanup.
+func registerParentUpstreams(ctx caddy.Context) []string {
+	var addrs []string
 	if h := parentHandler(ctx); h != nil {
 		for _, u := range h.Upstreams {
 			if u != nil && len(u.Dial) > 0 {
-				affinity.CountersFor(PolicyName, u.String())
+				addrs = append(addrs, u.String())
 			}
 		}
 	}
+	affinity.Retain(PolicyName, addrs...)
+	return addrs
 }
 
-// Cleanup releases the session table.
-func (s *IPAffinity) Cleanup() error { return s.Config.Cleanup() }
+// Cleanup releases the session table and the upstreams this config made
+// known.
+func (s *IPAffinity) Cleanup() error {
+	s.pools.Close()
+	affinity.Release(PolicyName, s.static...)
+	return s.Config.Cleanup()
+}
 
 // available reports whether u can take a connection now. caddy-l4 keeps
 // its upstreams' health unexported; FirstSelection over a pool of one is a
