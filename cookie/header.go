@@ -16,36 +16,11 @@ const Separator = '~'
 // client or the backend wrote outside the one cookie they touch is kept as
 // it came, and so the request path allocates only when it changes a line.
 
-// eachPair calls fn for each "name=value" pair in a Cookie header line, with
-// the byte offsets of the pair (without surrounding spaces). It stops when
-// fn returns false.
-func eachPair(line string, fn func(start, end int) bool) {
-	for i := 0; i < len(line); {
-		j := strings.IndexByte(line[i:], ';')
-		if j < 0 {
-			j = len(line)
-		} else {
-			j += i
-		}
-		s, e := i, j
-		for s < e && (line[s] == ' ' || line[s] == '\t') {
-			s++
-		}
-		for e > s && (line[e-1] == ' ' || line[e-1] == '\t') {
-			e--
-		}
-		if s < e && !fn(s, e) {
-			return
-		}
-		i = j + 1
-	}
-}
-
 // nextPair finds the next pair named name in a Cookie header line at or
 // after byte from, by searching for the name rather than splitting every
 // pair: the request path calls it for every request. s and e bound the pair
-// as eachPair does (spaces and tabs trimmed), eq is its first '='. It
-// matches exactly the pairs for which splitPair gives name.
+// (the text between semicolons, spaces and tabs trimmed), eq is its first
+// '='. It matches exactly the pairs for which splitPair gives name.
 func nextPair(line, name string, from int) (s, eq, e int, ok bool) {
 	for from < len(line) {
 		j := strings.Index(line[from:], name)

@@ -72,7 +72,6 @@ type soakClient struct {
 
 func TestSoak(t *testing.T) {
 	perKind, phase := soakConfig()
-	var bs []*backend
 	var addrs []string
 	byName := map[string]*backend{}
 	for i := 1; i <= 3; i++ {
@@ -82,7 +81,6 @@ func TestSoak(t *testing.T) {
 			w.Header().Add("Set-Cookie", "name="+name+"xxxx; Path=/")
 			return false
 		}
-		bs = append(bs, b)
 		addrs = append(addrs, b.addr)
 		byName[name] = b
 	}
