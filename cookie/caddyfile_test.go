@@ -9,26 +9,14 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 )
 
 func parseCaddyfile(input string) (*StickyCookie, error) {
 	s := new(StickyCookie)
 	err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
 	return s, err
-}
-
-func jsonEqual(t *testing.T, got json.RawMessage, want string) {
-	t.Helper()
-	var g, w any
-	if err := json.Unmarshal(got, &g); err != nil {
-		t.Fatalf("invalid JSON %s: %v", got, err)
-	}
-	if err := json.Unmarshal([]byte(want), &w); err != nil {
-		t.Fatalf("invalid expected JSON %s: %v", want, err)
-	}
-	if !reflect.DeepEqual(g, w) {
-		t.Fatalf("JSON = %s, want %s", got, want)
-	}
 }
 
 func TestUnmarshalCaddyfileEveryOption(t *testing.T) {
@@ -61,7 +49,7 @@ func TestUnmarshalCaddyfileEveryOption(t *testing.T) {
 		Path:        "/app", Domain: "example.com", Secure: "always", SameSite: "strict",
 		HTTPOnly: &off, ForwardCookie: true, NoCache: true, OnFailure: "strict",
 	}
-	jsonEqual(t, s.FallbackRaw, `{"policy":"random_choose","choose":3}`)
+	testutil.SameJSON(t, "fallback", s.FallbackRaw, `{"policy":"random_choose","choose":3}`)
 	s.FallbackRaw = nil
 	if !reflect.DeepEqual(*s.HTTPOnly, *want.HTTPOnly) {
 		t.Errorf("http_only = %v", *s.HTTPOnly)
@@ -132,7 +120,7 @@ func TestUnmarshalCaddyfileFallback(t *testing.T) {
 			t.Errorf("%q: %v", tc.input, err)
 			continue
 		}
-		jsonEqual(t, s.FallbackRaw, tc.want)
+		testutil.SameJSON(t, "fallback", s.FallbackRaw, tc.want)
 		if s.OnFailure != "strict" {
 			t.Errorf("%q: the option after fallback was lost", tc.input)
 		}
@@ -140,57 +128,36 @@ func TestUnmarshalCaddyfileFallback(t *testing.T) {
 }
 
 func TestUnmarshalCaddyfileErrors(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		input string
-		want  []string // each must appear in the error
-	}{
-		{"unknown option", "sticky_cookie {\n\tmode insert\n\tbogus 1\n}", []string{"unrecognized option 'bogus'", "Testfile:3"}},
-		{"duplicate option", "sticky_cookie {\n\tmode insert\n\tmode insert\n}", []string{"mode: option given more than once", "Testfile:3"}},
-		{"duplicate secret", "sticky_cookie {\n\tsecret a\n\tsecret b\n}", []string{"secret: option given more than once", "Testfile:3"}},
-		{"duplicate secret through its alias", "sticky_cookie {\n\tsecret a\n\tsecrets b\n}", []string{"more than once", "Testfile:3"}},
-		{"missing value", "sticky_cookie {\n\tmax_age\n}", []string{"max_age: expected a value", "Testfile:2"}},
-		{"missing enum value", "sticky_cookie {\n\tmode\n}", []string{"mode: expected a value", "Testfile:2"}},
-		{"extra value", "sticky_cookie {\n\tpath / /x\n}", []string{"path: expected one value, got extra '/x'", "Testfile:2"}},
-		{"extra duration", "sticky_cookie {\n\tidle_timeout 1m 2m\n}", []string{"idle_timeout: expected one value", "Testfile:2"}},
-		{"bad mode", "sticky_cookie {\n\tmode prefix\n}", []string{"mode: expected one of insert, rewrite, got 'prefix'", "Testfile:2"}},
-		{"bad secure", "sticky_cookie {\n\tsecure maybe\n}", []string{"secure: expected one of auto, always, never", "Testfile:2"}},
-		{"bad same_site", "sticky_cookie {\n\tsame_site lenient\n}", []string{"same_site: expected one of", "'lenient'", "Testfile:2"}},
-		{"bad on_failure", "sticky_cookie {\n\ton_failure retry\n}", []string{"on_failure: expected one of rebind, strict", "Testfile:2"}},
-		{"bad on/off", "sticky_cookie {\n\thttp_only maybe\n}", []string{"http_only: expected on or off", "Testfile:2"}},
-		{"bad forward_cookie", "sticky_cookie {\n\tforward_cookie 1\n}", []string{"forward_cookie: expected on or off", "Testfile:2"}},
-		{"bad nocache", "sticky_cookie {\n\tnocache maybe\n}", []string{"nocache: expected on or off", "Testfile:2"}},
-		{"bad duration", "sticky_cookie {\n\tidle_timeout soon\n}", []string{"idle_timeout: invalid duration 'soon'", "Testfile:2"}},
-		{"negative duration", "sticky_cookie {\n\tmax_lifetime -1h\n}", []string{"max_lifetime: duration must not be negative", "Testfile:2"}},
-		{"negative max_age", "sticky_cookie {\n\tmax_age -5s\n}", []string{"max_age: duration must not be negative", "Testfile:2"}},
-		{"relative path", "sticky_cookie {\n\tpath app\n}", []string{"path: must start with /", "Testfile:2"}},
-		{"empty path", "sticky_cookie {\n\tpath \"\"\n}", []string{"path: must start with /", "Testfile:2"}},
-		{"bad cookie name", "sticky_cookie \"a b\"", []string{"'a b' is not a valid cookie name", "Testfile:1"}},
-		{"cookie name with =", "sticky_cookie a=b", []string{"'a=b' is not a valid cookie name", "Testfile:1"}},
-		{"extra argument", "sticky_cookie a b", []string{"at most one argument", "'b'", "Testfile:1"}},
-		{"empty secret list", "sticky_cookie {\n\tsecret\n}", []string{"secret: expected at least one key", "Testfile:2"}},
-		{"empty secrets list", "sticky_cookie {\n\tsecrets\n}", []string{"secrets: expected at least one key", "Testfile:2"}},
-		{"missing fallback", "sticky_cookie {\n\tfallback\n}", []string{"fallback: expected a module name", "Testfile:2"}},
-		{"bad fallback module", "sticky_cookie {\n\tfallback nope\n}", []string{"fallback:", "nope", "Testfile:2"}},
-		{"bad fallback arguments", "sticky_cookie {\n\tfallback random_choose two\n}", []string{"fallback:", "Testfile:2"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseCaddyfile(tc.input)
-			if err == nil {
-				t.Fatalf("%q parsed without error", tc.input)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-			// The dispenser adds the location once; a second copy means
-			// an error was wrapped with its location twice.
-			if n := strings.Count(err.Error(), "Testfile:"); n != 1 {
-				t.Errorf("error %q names the location %d times", err, n)
-			}
-		})
-	}
+	testutil.CheckParseErrors(t, func(in string) error { _, err := parseCaddyfile(in); return err }, []testutil.ParseError{
+		{Name: "unknown option", Input: "sticky_cookie {\n\tmode insert\n\tbogus 1\n}", Want: []string{"unrecognized option 'bogus'", "Testfile:3"}},
+		{Name: "duplicate option", Input: "sticky_cookie {\n\tmode insert\n\tmode insert\n}", Want: []string{"mode: option given more than once", "Testfile:3"}},
+		{Name: "duplicate secret", Input: "sticky_cookie {\n\tsecret a\n\tsecret b\n}", Want: []string{"secret: option given more than once", "Testfile:3"}},
+		{Name: "duplicate secret through its alias", Input: "sticky_cookie {\n\tsecret a\n\tsecrets b\n}", Want: []string{"more than once", "Testfile:3"}},
+		{Name: "missing value", Input: "sticky_cookie {\n\tmax_age\n}", Want: []string{"max_age: expected a value", "Testfile:2"}},
+		{Name: "missing enum value", Input: "sticky_cookie {\n\tmode\n}", Want: []string{"mode: expected a value", "Testfile:2"}},
+		{Name: "extra value", Input: "sticky_cookie {\n\tpath / /x\n}", Want: []string{"path: expected one value, got extra '/x'", "Testfile:2"}},
+		{Name: "extra duration", Input: "sticky_cookie {\n\tidle_timeout 1m 2m\n}", Want: []string{"idle_timeout: expected one value", "Testfile:2"}},
+		{Name: "bad mode", Input: "sticky_cookie {\n\tmode prefix\n}", Want: []string{"mode: expected one of insert, rewrite, got 'prefix'", "Testfile:2"}},
+		{Name: "bad secure", Input: "sticky_cookie {\n\tsecure maybe\n}", Want: []string{"secure: expected one of auto, always, never", "Testfile:2"}},
+		{Name: "bad same_site", Input: "sticky_cookie {\n\tsame_site lenient\n}", Want: []string{"same_site: expected one of", "'lenient'", "Testfile:2"}},
+		{Name: "bad on_failure", Input: "sticky_cookie {\n\ton_failure retry\n}", Want: []string{"on_failure: expected one of rebind, strict", "Testfile:2"}},
+		{Name: "bad on/off", Input: "sticky_cookie {\n\thttp_only maybe\n}", Want: []string{"http_only: expected on or off", "Testfile:2"}},
+		{Name: "bad forward_cookie", Input: "sticky_cookie {\n\tforward_cookie 1\n}", Want: []string{"forward_cookie: expected on or off", "Testfile:2"}},
+		{Name: "bad nocache", Input: "sticky_cookie {\n\tnocache maybe\n}", Want: []string{"nocache: expected on or off", "Testfile:2"}},
+		{Name: "bad duration", Input: "sticky_cookie {\n\tidle_timeout soon\n}", Want: []string{"idle_timeout: invalid duration 'soon'", "Testfile:2"}},
+		{Name: "negative duration", Input: "sticky_cookie {\n\tmax_lifetime -1h\n}", Want: []string{"max_lifetime: duration must not be negative", "Testfile:2"}},
+		{Name: "negative max_age", Input: "sticky_cookie {\n\tmax_age -5s\n}", Want: []string{"max_age: duration must not be negative", "Testfile:2"}},
+		{Name: "relative path", Input: "sticky_cookie {\n\tpath app\n}", Want: []string{"path: must start with /", "Testfile:2"}},
+		{Name: "empty path", Input: "sticky_cookie {\n\tpath \"\"\n}", Want: []string{"path: must start with /", "Testfile:2"}},
+		{Name: "bad cookie name", Input: "sticky_cookie \"a b\"", Want: []string{"'a b' is not a valid cookie name", "Testfile:1"}},
+		{Name: "cookie name with =", Input: "sticky_cookie a=b", Want: []string{"'a=b' is not a valid cookie name", "Testfile:1"}},
+		{Name: "extra argument", Input: "sticky_cookie a b", Want: []string{"at most one argument", "'b'", "Testfile:1"}},
+		{Name: "empty secret list", Input: "sticky_cookie {\n\tsecret\n}", Want: []string{"secret: expected at least one key", "Testfile:2"}},
+		{Name: "empty secrets list", Input: "sticky_cookie {\n\tsecrets\n}", Want: []string{"secrets: expected at least one key", "Testfile:2"}},
+		{Name: "missing fallback", Input: "sticky_cookie {\n\tfallback\n}", Want: []string{"fallback: expected a module name", "Testfile:2"}},
+		{Name: "bad fallback module", Input: "sticky_cookie {\n\tfallback nope\n}", Want: []string{"fallback:", "nope", "Testfile:2"}},
+		{Name: "bad fallback arguments", Input: "sticky_cookie {\n\tfallback random_choose two\n}", Want: []string{"fallback:", "Testfile:2"}},
+	})
 }
 
 // TestValidateRewriteInsertOnly: in rewrite mode the backend's cookie keeps

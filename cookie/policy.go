@@ -606,14 +606,17 @@ func (s *StickyCookie) readCookie(r *http.Request, st *reqState, now time.Time) 
 			consider(tok)
 			return orig, true, true
 		})
-	} else {
+	} else if s.ForwardCookie {
 		EachValue(lines, s.Name, func(v string) bool {
 			consider(v)
 			return !st.valid
 		})
-		if !s.ForwardCookie {
-			lines = EditLines(lines, s.Name, func(string) (string, bool, bool) { return "", false, true })
-		}
+	} else {
+		// One pass reads the cookie and removes it from the request.
+		lines = EditLines(lines, s.Name, func(v string) (string, bool, bool) {
+			consider(v)
+			return "", false, true
+		})
 	}
 	if len(lines) == 0 {
 		delete(r.Header, "Cookie")

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/mholt/caddy-l4/modules/l4proxy"
 
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 	"github.com/caddy-affinity/caddy-affinity/ip"
 )
 
@@ -18,21 +19,6 @@ func parseL4(input string) (*IPAffinity, error) {
 	s := new(IPAffinity)
 	err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
 	return s, err
-}
-
-// sameJSON compares two JSON documents semantically.
-func sameJSON(t *testing.T, what string, got []byte, want string) {
-	t.Helper()
-	var g, w any
-	if err := json.Unmarshal(got, &g); err != nil {
-		t.Fatalf("%s: invalid JSON %s: %v", what, got, err)
-	}
-	if err := json.Unmarshal([]byte(want), &w); err != nil {
-		t.Fatalf("%s: invalid expected JSON %s: %v", what, want, err)
-	}
-	if !reflect.DeepEqual(g, w) {
-		t.Errorf("%s: JSON = %s, want %s", what, got, want)
-	}
 }
 
 func TestLayer4CaddyfileEveryOption(t *testing.T) {
@@ -58,7 +44,7 @@ func TestLayer4CaddyfileEveryOption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameJSON(t, "policy", out, `{"ipv4_prefix":24,"ipv6_prefix":48,"balance_factor":1.25,
+	testutil.SameJSON(t, "policy", out, `{"ipv4_prefix":24,"ipv6_prefix":48,"balance_factor":1.25,
 		"persist_timeout":600000000000,"max_sessions_bytes":67108864,"fallback":{"policy":"random_choose","choose":3}}`)
 	if err := s.Config.Validate(); err != nil {
 		t.Errorf("the parsed policy does not validate: %v", err)
@@ -88,54 +74,35 @@ func TestLayer4CaddyfileOptions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", tc.input, err)
 		}
-		sameJSON(t, tc.input, out, tc.json)
+		testutil.SameJSON(t, tc.input, out, tc.json)
 	}
 }
 
 func TestLayer4CaddyfileErrors(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		input string
-		want  []string // each must appear in the error
-	}{
-		{"argument", "ip_affinity 24", []string{"ip_affinity: takes no arguments, got '24'", "Testfile:1"}},
-		{"source", "ip_affinity {\n\tipv4_prefix 24\n\tsource remote\n}", []string{"source: not for layer4", "remote address", "proxy_protocol", "Testfile:3"}},
-		{"source client", "ip_affinity {\n\tsource client\n}", []string{"source: not for layer4", "Testfile:2"}},
-		{"unknown option", "ip_affinity {\n\tbogus 1\n}", []string{"unrecognized option 'bogus'", "Testfile:2"}},
-		{"duplicate", "ip_affinity {\n\tipv6_prefix 48\n\tipv6_prefix 56\n}", []string{"ipv6_prefix: option given more than once", "Testfile:3"}},
-		{"duplicate fallback", "ip_affinity {\n\tfallback first\n\tfallback first\n}", []string{"fallback: option given more than once", "Testfile:3"}},
-		{"missing ipv4_prefix", "ip_affinity {\n\tipv4_prefix\n}", []string{"ipv4_prefix: expected a value", "Testfile:2"}},
-		{"missing persist_timeout", "ip_affinity {\n\tpersist_timeout\n}", []string{"persist_timeout: expected a value", "Testfile:2"}},
-		{"missing max_sessions", "ip_affinity {\n\tmax_sessions\n}", []string{"max_sessions: expected a value", "Testfile:2"}},
-		{"missing fallback", "ip_affinity {\n\tfallback\n}", []string{"fallback: expected a module name", "Testfile:2"}},
-		{"extra ipv6_prefix", "ip_affinity {\n\tipv6_prefix 48 56\n}", []string{"ipv6_prefix: expected one value, got extra '56'", "Testfile:2"}},
-		{"extra persist_timeout", "ip_affinity {\n\tpersist_timeout 1m 2m\n}", []string{"persist_timeout: expected one value, got extra '2m'", "Testfile:2"}},
-		{"ipv4_prefix 33", "ip_affinity {\n\tipv4_prefix 33\n}", []string{"ipv4_prefix: expected a whole number from 1 to 32, got '33'", "Testfile:2"}},
-		{"ipv6_prefix 0", "ip_affinity {\n\tipv6_prefix 0\n}", []string{"ipv6_prefix: expected a whole number from 1 to 128, got '0'", "Testfile:2"}},
-		{"balance_factor 1", "ip_affinity {\n\tbalance_factor 1\n}", []string{"balance_factor: expected a number greater than 1", "Testfile:2"}},
-		{"balance_factor word", "ip_affinity {\n\tbalance_factor lots\n}", []string{"balance_factor:", "'lots'", "Testfile:2"}},
-		{"bad duration", "ip_affinity {\n\tpersist_timeout 5 minutes\n}", []string{"persist_timeout:", "Testfile:2"}},
-		{"negative duration", "ip_affinity {\n\tpersist_timeout -1h\n}", []string{"persist_timeout: duration must not be negative", "Testfile:2"}},
-		{"bad count", "ip_affinity {\n\tmax_sessions 10q\n}", []string{"max_sessions: invalid count '10q'", "Testfile:2"}},
-		{"bad size", "ip_affinity {\n\tmax_sessions 0KiB\n}", []string{"max_sessions: invalid size '0KiB'", "Testfile:2"}},
-		{"unknown fallback module", "ip_affinity {\n\tfallback cookie\n}", []string{"fallback:", "layer4.proxy.selection_policies.cookie", "Testfile:2"}},
-		{"fallback with a block", "ip_affinity {\n\tfallback random {\n\t\tx\n\t}\n}", []string{"fallback:", "blocks are not supported", "Testfile:"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseL4(tc.input)
-			if err == nil {
-				t.Fatalf("%q parsed without error", tc.input)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-			if n := strings.Count(err.Error(), "Testfile:"); n != 1 {
-				t.Errorf("error %q names the location %d times", err, n)
-			}
-		})
-	}
+	testutil.CheckParseErrors(t, func(in string) error { _, err := parseL4(in); return err }, []testutil.ParseError{
+		{Name: "argument", Input: "ip_affinity 24", Want: []string{"ip_affinity: takes no arguments, got '24'", "Testfile:1"}},
+		{Name: "source", Input: "ip_affinity {\n\tipv4_prefix 24\n\tsource remote\n}", Want: []string{"source: not for layer4", "remote address", "proxy_protocol", "Testfile:3"}},
+		{Name: "source client", Input: "ip_affinity {\n\tsource client\n}", Want: []string{"source: not for layer4", "Testfile:2"}},
+		{Name: "unknown option", Input: "ip_affinity {\n\tbogus 1\n}", Want: []string{"unrecognized option 'bogus'", "Testfile:2"}},
+		{Name: "duplicate", Input: "ip_affinity {\n\tipv6_prefix 48\n\tipv6_prefix 56\n}", Want: []string{"ipv6_prefix: option given more than once", "Testfile:3"}},
+		{Name: "duplicate fallback", Input: "ip_affinity {\n\tfallback first\n\tfallback first\n}", Want: []string{"fallback: option given more than once", "Testfile:3"}},
+		{Name: "missing ipv4_prefix", Input: "ip_affinity {\n\tipv4_prefix\n}", Want: []string{"ipv4_prefix: expected a value", "Testfile:2"}},
+		{Name: "missing persist_timeout", Input: "ip_affinity {\n\tpersist_timeout\n}", Want: []string{"persist_timeout: expected a value", "Testfile:2"}},
+		{Name: "missing max_sessions", Input: "ip_affinity {\n\tmax_sessions\n}", Want: []string{"max_sessions: expected a value", "Testfile:2"}},
+		{Name: "missing fallback", Input: "ip_affinity {\n\tfallback\n}", Want: []string{"fallback: expected a module name", "Testfile:2"}},
+		{Name: "extra ipv6_prefix", Input: "ip_affinity {\n\tipv6_prefix 48 56\n}", Want: []string{"ipv6_prefix: expected one value, got extra '56'", "Testfile:2"}},
+		{Name: "extra persist_timeout", Input: "ip_affinity {\n\tpersist_timeout 1m 2m\n}", Want: []string{"persist_timeout: expected one value, got extra '2m'", "Testfile:2"}},
+		{Name: "ipv4_prefix 33", Input: "ip_affinity {\n\tipv4_prefix 33\n}", Want: []string{"ipv4_prefix: expected a whole number from 1 to 32, got '33'", "Testfile:2"}},
+		{Name: "ipv6_prefix 0", Input: "ip_affinity {\n\tipv6_prefix 0\n}", Want: []string{"ipv6_prefix: expected a whole number from 1 to 128, got '0'", "Testfile:2"}},
+		{Name: "balance_factor 1", Input: "ip_affinity {\n\tbalance_factor 1\n}", Want: []string{"balance_factor: expected a number greater than 1", "Testfile:2"}},
+		{Name: "balance_factor word", Input: "ip_affinity {\n\tbalance_factor lots\n}", Want: []string{"balance_factor:", "'lots'", "Testfile:2"}},
+		{Name: "bad duration", Input: "ip_affinity {\n\tpersist_timeout 5 minutes\n}", Want: []string{"persist_timeout:", "Testfile:2"}},
+		{Name: "negative duration", Input: "ip_affinity {\n\tpersist_timeout -1h\n}", Want: []string{"persist_timeout: duration must not be negative", "Testfile:2"}},
+		{Name: "bad count", Input: "ip_affinity {\n\tmax_sessions 10q\n}", Want: []string{"max_sessions: invalid count '10q'", "Testfile:2"}},
+		{Name: "bad size", Input: "ip_affinity {\n\tmax_sessions 0KiB\n}", Want: []string{"max_sessions: invalid size '0KiB'", "Testfile:2"}},
+		{Name: "unknown fallback module", Input: "ip_affinity {\n\tfallback cookie\n}", Want: []string{"fallback:", "layer4.proxy.selection_policies.cookie", "Testfile:2"}},
+		{Name: "fallback with a block", Input: "ip_affinity {\n\tfallback random {\n\t\tx\n\t}\n}", Want: []string{"fallback:", "blocks are not supported", "Testfile:"}},
+	})
 }
 
 // caddy-l4's own policies return some argument errors without a location
@@ -164,7 +131,7 @@ func TestLayer4CaddyfileInProxy(t *testing.T) {
 	if h.LoadBalancing == nil {
 		t.Fatal("no load_balancing")
 	}
-	sameJSON(t, "selection_policy", h.LoadBalancing.SelectionPolicyRaw,
+	testutil.SameJSON(t, "selection_policy", h.LoadBalancing.SelectionPolicyRaw,
 		`{"policy":"ip_affinity","ipv4_prefix":24,"persist_timeout":60000000000}`)
 
 	err = h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(
