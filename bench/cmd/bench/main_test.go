@@ -75,3 +75,17 @@ func TestRemovals(t *testing.T) {
 		t.Errorf("removals(100) = %v", r)
 	}
 }
+
+func TestPaired(t *testing.T) {
+	// The machine halves its speed after round 1: both sides move alike,
+	// so the paired ratio stays 0.9 where the ratio of medians would not.
+	k := &benchCase{samples: []sample{{RPS: 900}, {RPS: 450}, {RPS: 460}}}
+	vs := &benchCase{samples: []sample{{RPS: 1000}, {RPS: 500}, {RPS: 500}, {RPS: 7}}}
+	p := paired(k, vs, func(s sample) float64 { return s.RPS })
+	if p.Median != 0.9 || p.Min != 0.9 || p.Max != 0.92 {
+		t.Errorf("got %+v", p)
+	}
+	if p := paired(k, &benchCase{}, func(s sample) float64 { return s.RPS }); p != (pairRatios{}) {
+		t.Errorf("no rounds: got %+v", p)
+	}
+}

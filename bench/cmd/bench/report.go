@@ -169,8 +169,8 @@ func (r *results) targets() []target {
 			out = append(out, target{Goal: goal, NA: true})
 			return
 		}
-		x := k.stats().RPS / vs.stats().RPS
-		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.3fx", x), Pass: x >= min})
+		pr := paired(k, vs, func(s sample) float64 { return s.RPS })
+		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.3fx (rounds %.3f-%.3f)", pr.Median, pr.Min, pr.Max), Pass: pr.Median >= min})
 	}
 	p99 := func(id string) {
 		k := caseByID(r.cases, id)
@@ -179,8 +179,8 @@ func (r *results) targets() []target {
 			out = append(out, target{Goal: goal, NA: true})
 			return
 		}
-		x := float64(k.stats().P99) / float64(base.stats().P99)
-		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.3fx (%.2f vs %.2f ms)", x, ms(k.stats().P99), ms(base.stats().P99)), Pass: x <= 1.10})
+		pr := paired(k, base, func(s sample) float64 { return float64(s.P99) })
+		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.3fx (%.2f vs %.2f ms; rounds %.3f-%.3f)", pr.Median, ms(k.stats().P99), ms(base.stats().P99), pr.Min, pr.Max), Pass: pr.Median <= 1.10})
 	}
 	ratio("sticky_insert", baselineID, 0.97)
 	ratio("sticky_insert", "cookie", 1.0)
@@ -210,14 +210,32 @@ func (r *results) ratios(k *benchCase) (rps, p99 float64) {
 	if base == nil {
 		return 0, 0
 	}
-	b, s := base.stats(), k.stats()
-	if b.RPS > 0 {
-		rps = s.RPS / b.RPS
-	}
-	if b.P99 > 0 {
-		p99 = float64(s.P99) / float64(b.P99)
-	}
+	rps = paired(k, base, func(s sample) float64 { return s.RPS }).Median
+	p99 = paired(k, base, func(s sample) float64 { return float64(s.P99) }).Median
 	return rps, p99
+}
+
+// pairRatios summarises a figure of one case against another's, round by
+// round.
+type pairRatios struct {
+	Median, Min, Max float64
+}
+
+// paired compares k with vs round by round: each round's ratio sets k's
+// run beside vs's run of the same round, minutes apart at most, so a
+// machine that slows down or speeds up over the run (as shared ones do)
+// moves both sides alike. The median of those ratios is the comparison.
+func paired(k, vs *benchCase, f func(sample) float64) pairRatios {
+	var x []float64
+	for i := range min(len(k.samples), len(vs.samples)) {
+		if d := f(vs.samples[i]); d > 0 {
+			x = append(x, f(k.samples[i])/d)
+		}
+	}
+	if len(x) == 0 {
+		return pairRatios{}
+	}
+	return pairRatios{Median: median(x), Min: slices.Min(x), Max: slices.Max(x)}
 }
 
 // printSummary writes the compact table to w.
@@ -318,8 +336,10 @@ func markdown(r *results) string {
 		"under `/app` it also sets `name=<backend>xxxx`, which only the rewrite case requests), one Caddy with a site per Caddy case, "+
 		"and one HAProxy with a frontend per HAProxy case. Every case proxies to the same backends and differs only in its policy. "+
 		"wrk runs with %d thread and %d connections; each case runs %d s per round, the cases interleaved (each round starting one case later), "+
-		"%d rounds, after a %v warm-up per case; the tables give each case's median over the rounds, and ratios are to the baseline "+
-		"(Caddy `round_robin`) of the same run.\n\n",
+		"%d rounds, after a %v warm-up per case; the tables give each case's median over the rounds. "+
+		"Ratios are paired by round: each is the median over the rounds of the case's figure divided by the other case's in the same round "+
+		"(to the baseline, Caddy `round_robin`, unless the target names another case), so that a machine that drifts during the run moves both sides alike; "+
+		"the targets also give the lowest and highest of those per-round ratios.\n\n",
 		c.backends, c.threads, c.connections, int(c.duration/time.Second), c.rounds, c.warmup)
 	p("Cookie cases measure the steady state: the wrk script (bench/cmd/bench/sticky.lua, the same for every case) keeps the first %d cookies "+
 		"it is given as %d simulated clients and then sends every request with one of them in turn. Before measuring, each case is pre-checked with "+
