@@ -58,7 +58,7 @@ func (c *Counters) Record(r Result, reason Reason) {
 
 // Count returns the count of result r.
 func (c *Counters) Count(r Result) uint64 {
-	if r >= numResults {
+	if c == nil || r >= numResults {
 		return 0
 	}
 	return c.results[r].Load()
@@ -66,7 +66,7 @@ func (c *Counters) Count(r Result) uint64 {
 
 // RejectedBy returns the count of rejections for reason.
 func (c *Counters) RejectedBy(reason Reason) uint64 {
-	if reason >= numReasons {
+	if c == nil || reason >= numReasons {
 		return 0
 	}
 	return c.rejected[reason].Load()
@@ -145,25 +145,28 @@ func CountersFor(policy, addr string) *Counters {
 }
 
 // EachCounters calls fn for every policy kind and upstream with counters,
-// ordered by address then policy.
+// ordered by address then policy. It works on a snapshot, so an upstream
+// released meanwhile is still reported, with its last counts.
 func EachCounters(fn func(policy, addr string, c *Counters)) {
+	type entry struct {
+		k statsKey
+		c *Counters
+	}
 	stats.RLock()
-	keys := make([]statsKey, 0, len(stats.m))
-	for k := range stats.m {
-		keys = append(keys, k)
+	entries := make([]entry, 0, len(stats.m))
+	for k, c := range stats.m {
+		entries = append(entries, entry{k, c})
 	}
 	stats.RUnlock()
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].addr != keys[j].addr {
-			return keys[i].addr < keys[j].addr
+	sort.Slice(entries, func(i, j int) bool {
+		a, b := entries[i].k, entries[j].k
+		if a.addr != b.addr {
+			return a.addr < b.addr
 		}
-		return keys[i].policy < keys[j].policy
+		return a.policy < b.policy
 	})
-	for _, k := range keys {
-		stats.RLock()
-		c := stats.m[k]
-		stats.RUnlock()
-		fn(k.policy, k.addr, c)
+	for _, e := range entries {
+		fn(e.k.policy, e.k.addr, e.c)
 	}
 }
 

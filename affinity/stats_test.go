@@ -305,3 +305,50 @@ func TestPoolCacheDropsEvictedAndClosed(t *testing.T) {
 		t.Fatalf("Close dropped %d states in all, want %d", len(dropped), poolCacheSlots+2)
 	}
 }
+
+// A metrics scrape or an admin listing may run while a reload releases
+// upstreams: it must never see a nil Counters (the collector runs in a
+// goroutine of its own, where a panic ends the process).
+func TestEachCountersDuringRelease(t *testing.T) {
+	const policy = "test_concurrent_release"
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			a := fmt.Sprintf("churn-%d:80", i%7)
+			Retain(policy, a)
+			Release(policy, a)
+		}
+	}()
+	for {
+		EachCounters(func(_, _ string, c *Counters) {
+			if c == nil {
+				t.Fatal("EachCounters passed a nil Counters")
+			}
+			c.Count(ResultHit)
+		})
+		select {
+		case <-done:
+			return
+		default:
+		}
+	}
+}
+
+func TestUpstreamNamesForgotten(t *testing.T) {
+	const a = "names-a:80"
+	id := NameUpstream(a)
+	NameUpstream(a) // a second pool with the same upstream
+	ForgetUpstream(id)
+	if UpstreamName(id) != a {
+		t.Fatalf("forgotten while another pool still names it")
+	}
+	ForgetUpstream(id)
+	if n := UpstreamName(id); n != "" {
+		t.Fatalf("still named %q after every pool forgot it", n)
+	}
+	ForgetUpstream(id) // more forgets than names are ignored
+	if (*Counters)(nil).Count(ResultHit) != 0 || (*Counters)(nil).RejectedBy(ReasonSignature) != 0 {
+		t.Fatal("nil Counters must read as zero")
+	}
+}
