@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -22,8 +23,6 @@ func init() {
 	caddy.RegisterModule(new(IPAffinity))
 }
 
-// triedVarKey holds the upstreams earlier attempts of a request used.
-const triedVarKey = "caddy_affinity.ip_affinity.tried"
 
 // IPPolicyName labels the HTTP ip_affinity policy's counters and metrics.
 const IPPolicyName = "ip_affinity"
@@ -43,7 +42,9 @@ type IPAffinity struct {
 	ip.Config
 
 	// The selection policy used when the hash finds no available upstream,
-	// or the client address cannot be parsed. Default: none.
+	// or the client address is not an IP (a unix-socket listener). Default:
+	// none, so no upstream when none is available, and a random one (with a
+	// warning, logged once) for a client address that is not an IP.
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
 	fallback reverseproxy.Selector
@@ -51,6 +52,11 @@ type IPAffinity struct {
 	pools    affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
 	logger   *zap.Logger
 	now      func() time.Time
+	// triedKey names the request variable holding the upstreams earlier
+	// attempts of a request used, one per instance (a policy may be
+	// another's fallback).
+	triedKey string
+	noIPOnce sync.Once
 }
 
 // CaddyModule returns the Caddy module information.
@@ -64,6 +70,7 @@ func (*IPAffinity) CaddyModule() caddy.ModuleInfo {
 // Provision sets up s.
 func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
+	s.triedKey = fmt.Sprintf("caddy_affinity.ip_affinity.tried.%p", s)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -121,7 +128,16 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 	addr, ok := affinity.ParseHostAddr(s.clientAddr(r, vars))
 	if !ok {
-		return s.fallbackSelect(pool, r, w)
+		if s.fallback == nil {
+			// No IP to be affine to (a unix-socket listener, say): serve
+			// the request rather than fail it.
+			s.noIPOnce.Do(func() {
+				s.logger.Warn("client address is not an IP: choosing upstreams at random; set a fallback policy to choose otherwise",
+					zap.String("remote_addr", r.RemoteAddr))
+			})
+			return reverseproxy.RandomSelection{}.Select(pool, r, w)
+		}
+		return s.fallback.Select(pool, r, w)
 	}
 	k := affinity.MaskClient(addr, s.IPv4Prefix, s.IPv6Prefix)
 	p := s.pools.Get(pool)
@@ -135,17 +151,24 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	}
 	// Caddy calls Select again for each retry of a request: an upstream
 	// that already failed it is unavailable to it, and the client rebinds.
-	tried := triedUpstreams(vars)
+	tried := triedUpstreams(vars, s.triedKey)
 	avail := func(i int) bool { return pool[i].Available() && !triedDial(tried, pool[i].Dial) }
 	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
 	if p.Stale(i, pool[max(i, 0)].Dial) {
 		p = s.pools.Refresh(pool)
 		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
 	}
+	if i < 0 && tried != nil {
+		// Every available upstream failed this request once: go round
+		// again, as Caddy's own policies do within lb_try_duration, so a
+		// backend that restarts meanwhile is reached.
+		tried = nil
+		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
+	}
 	if i < 0 {
 		return s.fallbackSelect(pool, r, w)
 	}
-	rememberTried(vars, tried, pool[i])
+	rememberTried(vars, s.triedKey, tried, pool[i])
 	ip.LogDecision(s.logger, IPPolicyName, k, pool[i].Dial, res, s.Sessions() != nil)
 	return pool[i]
 }
@@ -171,8 +194,8 @@ func triedDial(tried []*reverseproxy.Upstream, dial string) bool {
 // triedUpstreams returns the upstreams earlier attempts of the request
 // used. The first attempt stores the bare pointer (no allocation); only a
 // retry makes a slice.
-func triedUpstreams(vars map[string]any) []*reverseproxy.Upstream {
-	switch v := vars[triedVarKey].(type) {
+func triedUpstreams(vars map[string]any, key string) []*reverseproxy.Upstream {
+	switch v := vars[key].(type) {
 	case *reverseproxy.Upstream:
 		return []*reverseproxy.Upstream{v}
 	case []*reverseproxy.Upstream:
@@ -181,15 +204,15 @@ func triedUpstreams(vars map[string]any) []*reverseproxy.Upstream {
 	return nil
 }
 
-func rememberTried(vars map[string]any, tried []*reverseproxy.Upstream, up *reverseproxy.Upstream) {
+func rememberTried(vars map[string]any, key string, tried []*reverseproxy.Upstream, up *reverseproxy.Upstream) {
 	if vars == nil {
 		return
 	}
 	if tried == nil {
-		vars[triedVarKey] = up
+		vars[key] = up
 		return
 	}
-	vars[triedVarKey] = append(tried, up)
+	vars[key] = append(tried, up)
 }
 
 // clientAddr is the address that identifies the client.

@@ -85,11 +85,13 @@ func TestIPAffinityRetryRebinds(t *testing.T) {
 		}
 		seen[u] = true
 	}
-	if u := p.Select(pool, r, nil); u != nil {
-		t.Fatalf("every upstream failed this request, yet %s was chosen", u.Dial)
+	// Every upstream failed this request once: the next attempt goes
+	// round again, starting from the client's own upstream.
+	first := p.Select(pool, clientRequest("198.51.100.7", "198.51.100.7:1234"), nil)
+	if u := p.Select(pool, r, nil); u != first {
+		t.Fatalf("after every upstream failed, the next attempt chose %v, want the client's %s", u, first.Dial)
 	}
 	// A new request of the same client goes back to its upstream.
-	first := p.Select(pool, clientRequest("198.51.100.7", "198.51.100.7:1234"), nil)
 	if again := p.Select(pool, clientRequest("198.51.100.7", "198.51.100.7:1"), nil); again != first {
 		t.Fatalf("client moved from %s to %s", first.Dial, again.Dial)
 	}
@@ -99,9 +101,6 @@ func TestIPAffinityUnparsableClientUsesFallback(t *testing.T) {
 	pool := testPool(3)
 	p := &IPAffinity{}
 	provision(t, p)
-	if u := p.Select(pool, clientRequest("not-an-ip", "garbage"), nil); u != nil {
-		t.Fatalf("no fallback configured, yet %v chosen", u.Dial)
-	}
 	p = &IPAffinity{FallbackRaw: []byte(`{"policy":"first"}`)}
 	provision(t, p)
 	if u := p.Select(pool, clientRequest("not-an-ip", "garbage"), nil); u != pool[0] {
@@ -139,7 +138,7 @@ func BenchmarkIPSelect(b *testing.B) {
 				for i := 0; b.Loop(); i++ {
 					r := reqs[i&1023]
 					// A new request each time, as far as retries go.
-					delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), triedVarKey)
+					delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), ours.triedKey)
 					if p.sel.Select(pool, r, nil) == nil {
 						b.Fatal("no upstream")
 					}
@@ -165,6 +164,40 @@ func TestIPAffinityRetryDynamicUpstreams(t *testing.T) {
 	}
 }
 
+// Once every upstream has failed a request, later attempts (within
+// lb_try_duration) go round the pool again rather than give up: a backend
+// that restarts meanwhile is reached.
+func TestIPAffinityRetriesGoRoundAgain(t *testing.T) {
+	p := &IPAffinity{}
+	provision(t, p)
+	pool := testPool(2)
+	r := clientRequest("198.51.100.9", "198.51.100.9:1")
+	var got []string
+	for range 5 {
+		u := p.Select(pool, r, nil)
+		if u == nil {
+			t.Fatalf("attempt %d: no upstream after %v", len(got)+1, got)
+		}
+		got = append(got, u.Dial)
+	}
+	if got[0] == got[1] || got[2] != got[0] || got[3] != got[1] || got[4] != got[0] {
+		t.Fatalf("attempts chose %v: want the hash's choice, the other, then round again", got)
+	}
+}
+
+// A client address that is not an IP (a unix-socket listener) is served
+// at random when no fallback is set, not failed.
+func TestIPAffinityNonIPClient(t *testing.T) {
+	p := &IPAffinity{Source: "remote"}
+	provision(t, p)
+	r := clientRequest("", "@")
+	for range 10 {
+		if p.Select(testPool(3), r, nil) == nil {
+			t.Fatal("no upstream for a unix-socket client")
+		}
+	}
+}
+
 // TestIPSelectAllocations: ip_affinity selects without allocating. Run
 // without -race by make test.
 func TestIPSelectAllocations(t *testing.T) {
@@ -178,7 +211,7 @@ func TestIPSelectAllocations(t *testing.T) {
 	r := clientRequest("203.0.113.50", "203.0.113.50:4000")
 	vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 	n := testing.AllocsPerRun(200, func() {
-		delete(vars, triedVarKey)
+		delete(vars, p.triedKey)
 		if p.Select(pool, r, nil) == nil {
 			t.Fatal("no upstream")
 		}

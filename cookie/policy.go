@@ -367,6 +367,8 @@ type reqState struct {
 	chosenID uint64
 	issued   uint32
 	policy   *StickyCookie
+	// cookieSet: an attempt of this request set the cookie.
+	cookieSet bool
 }
 
 // Select returns the upstream of the request's session, or binds a new one.
@@ -392,6 +394,12 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		return nil
 	}
 	ps := s.pools.Get(pool)
+	if st.attempts > 1 && st.allTried(pool) {
+		// Every available upstream failed this request once: go round
+		// again, as Caddy's own policies do within lb_try_duration, so a
+		// backend that restarts meanwhile is reached.
+		st.tried = st.tried[:0]
+	}
 
 	result, reason := affinity.ResultNew, affinity.ReasonNone
 	var up *reverseproxy.Upstream
@@ -411,12 +419,12 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 				// token stays: move its session deterministically.
 				result = affinity.ResultRebind
 			}
-		} else if u := pool[i]; u.Available() && !st.triedUp(u) {
+		} else if u := pool[i]; u.Available() && (s.strict || !st.triedUp(u)) {
+			// Strict sessions retry their own upstream only: if it
+			// recovers within lb_try_duration, a retry reaches it.
 			up, idx, result = u, i, affinity.ResultHit
 			issued = st.tok.Issued
 		} else if s.strict {
-			// Not marked as tried: if it recovers within lb_try_duration,
-			// a retry still reaches it.
 			s.logDecision(r, "", affinity.ResultRebind, affinity.ReasonNone, "strict: session's upstream unavailable")
 			return nil
 		} else {
@@ -462,7 +470,9 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 
 	if !s.rewrite && idx >= 0 {
 		needCookie := result != affinity.ResultHit || st.key != 0 || s.life.NeedsRefresh(st.tok, now)
-		if needCookie || st.attempts > 1 {
+		// An earlier attempt's cookie must be replaced by this one's.
+		if needCookie || st.cookieSet {
+			st.cookieSet = true
 			trusted, _ := vars[caddyhttp.TrustedProxyVarKey].(bool)
 			s.setCookie(w, secureRequest(r, trusted), affinity.Token{
 				Kind: affinity.KindInsert, Upstream: st.chosenID,
@@ -544,6 +554,17 @@ func mix64(x uint64) uint64 {
 
 // triedUp reports whether an earlier attempt of the request used u. It
 // compares addresses: dynamic upstreams are new objects on every attempt.
+// allTried reports whether every available upstream of pool already
+// failed this request.
+func (st *reqState) allTried(pool reverseproxy.UpstreamPool) bool {
+	for _, u := range pool {
+		if u.Available() && !st.triedUp(u) {
+			return false
+		}
+	}
+	return true
+}
+
 func (st *reqState) triedUp(u *reverseproxy.Upstream) bool {
 	for _, t := range st.tried {
 		if t == u || t.Dial == u.Dial {

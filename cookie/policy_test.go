@@ -484,9 +484,14 @@ func TestSelectRetryRebinds(t *testing.T) {
 				t.Fatalf("attempt %d: other Set-Cookie changed: %q", attempt, w.Header()["Set-Cookie"])
 			}
 		}
-		// Every upstream failed this request.
-		if up := s.Select(pool, r, w); up != nil {
-			t.Fatalf("after every upstream was tried: %s", up.Dial)
+		// Every upstream failed this request once: the next attempt (within
+		// lb_try_duration) goes round again rather than give up.
+		up := s.Select(pool, r, w)
+		if up == nil {
+			t.Fatal("after every upstream was tried once, no upstream")
+		}
+		if got, _ := upstreamOf(t, s, pool, onlyCookie(t, s, w)); got != up {
+			t.Fatalf("round again: cookie names %s, chose %s", got.Dial, up.Dial)
 		}
 	})
 
@@ -546,16 +551,22 @@ func TestSelectStrict(t *testing.T) {
 		t.Fatalf("back up: %v", up)
 	}
 
-	// A retry of the same request never leaves the session's upstream.
+	// A retry of the same request never leaves the session's upstream: it
+	// tries that one again (it may have recovered by lb_try_interval).
 	r, w := newRequest("affinity="+c), httptest.NewRecorder()
 	if up := s.Select(pool, r, w); up != pool[0] {
 		t.Fatalf("first attempt: %v", up)
 	}
 	for i := 0; i < 3; i++ {
-		if up := s.Select(pool, r, w); up != nil {
-			t.Fatalf("strict retry %d went to %s", i, up.Dial)
+		if up := s.Select(pool, r, w); up != pool[0] {
+			t.Fatalf("strict retry %d went to %v", i, up)
 		}
 	}
+	setAvailable(t, pool[0], false)
+	if up := s.Select(pool, r, w); up != nil {
+		t.Fatalf("strict retry with the upstream down went to %s", up.Dial)
+	}
+	setAvailable(t, pool[0], true)
 	if sc := w.Header()["Set-Cookie"]; len(sc) != 0 {
 		t.Fatalf("strict retry set a cookie: %q", sc)
 	}

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -32,9 +33,6 @@ func init() {
 	caddy.RegisterModule(new(IPAffinity))
 }
 
-// triedVarKey holds the upstreams earlier tries of a connection used.
-const triedVarKey = "caddy_affinity.ip_affinity.tried"
-
 // PolicyName labels the layer4 policy's counters and metrics.
 const PolicyName = "layer4_ip_affinity"
 
@@ -46,8 +44,10 @@ const PolicyName = "layer4_ip_affinity"
 type IPAffinity struct {
 	ip.Config
 
-	// The selection policy used when the hash finds no available upstream.
-	// Default: none.
+	// The selection policy used when the hash finds no available upstream,
+	// or the connection's remote address is not an IP (a unix socket).
+	// Default: none, so no upstream when none is available, and a random one
+	// (with a warning, logged once) for a remote address that is not an IP.
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=layer4.proxy.selection_policies inline_key=policy"`
 
 	fallback l4proxy.Selector
@@ -56,6 +56,10 @@ type IPAffinity struct {
 	conns    *prometheus.GaugeVec
 	logger   *zap.Logger
 	now      func() time.Time
+	// triedKey names the connection variable holding the upstreams earlier
+	// tries of a connection used, one per instance.
+	triedKey string
+	noIPOnce sync.Once
 }
 
 // pool is the policy's state for one pool of upstreams.
@@ -75,6 +79,7 @@ func (*IPAffinity) CaddyModule() caddy.ModuleInfo {
 // Provision sets up s.
 func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
+	s.triedKey = fmt.Sprintf("caddy_affinity.layer4.ip_affinity.tried.%p", s)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -220,7 +225,15 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	}
 	addr, ok := remoteIP(conn.RemoteAddr())
 	if !ok {
-		return s.fallbackSelect(up, conn)
+		if s.fallback == nil {
+			// No IP to be affine to (a unix socket): serve the connection
+			// rather than fail it.
+			s.noIPOnce.Do(func() {
+				s.logger.Warn("client address is not an IP: choosing upstreams at random; set a fallback policy to choose otherwise")
+			})
+			return new(l4proxy.RandomSelection).Select(up, conn)
+		}
+		return s.fallback.Select(up, conn)
 	}
 	k := affinity.MaskClient(addr, s.IPv4Prefix, s.IPv6Prefix)
 	p := s.pools.Get(up)
@@ -238,7 +251,7 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	// failed dial: an upstream that failed this connection is unavailable
 	// to it, and the client rebinds.
 	var tried []*l4proxy.Upstream
-	switch v := conn.GetVar(triedVarKey).(type) {
+	switch v := conn.GetVar(s.triedKey).(type) {
 	case *l4proxy.Upstream:
 		tried = []*l4proxy.Upstream{v}
 	case []*l4proxy.Upstream:
@@ -252,13 +265,20 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 		p = s.pools.Refresh(up)
 		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
 	}
+	if i < 0 && tried != nil {
+		// Every available upstream failed this connection once: go round
+		// again while lb_try_duration allows, so a backend that restarts
+		// meanwhile is reached.
+		tried = nil
+		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
+	}
 	if i < 0 {
 		return s.fallbackSelect(up, conn)
 	}
 	if tried == nil {
-		conn.SetVar(triedVarKey, up[i]) // no allocation on the first try
+		conn.SetVar(s.triedKey, up[i]) // no allocation on the first try
 	} else {
-		conn.SetVar(triedVarKey, append(tried, up[i]))
+		conn.SetVar(s.triedKey, append(tried, up[i]))
 	}
 	ip.LogDecision(s.logger, PolicyName, k, up[i].String(), res, s.Sessions() != nil)
 	return up[i]

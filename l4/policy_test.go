@@ -99,8 +99,21 @@ func TestLayer4RetryMovesToAnotherUpstream(t *testing.T) {
 		}
 		seen[u] = true
 	}
-	if u := p.Select(pool, conn); u != nil {
-		t.Fatalf("all upstreams failed this connection, yet %s was chosen", u)
+	// Every upstream failed this connection once: while lb_try_duration
+	// allows, the next try goes round again from the client's own upstream.
+	own := p.Select(pool, connFrom("192.0.2.10"))
+	if u := p.Select(pool, conn); u != own {
+		t.Fatalf("after every upstream failed, the next try chose %v, want the client's %s", u, own)
+	}
+}
+
+// A unix-socket client has no IP: without a fallback it is served at
+// random, not refused.
+func TestLayer4NonIPClient(t *testing.T) {
+	p := provisioned(t, &IPAffinity{})
+	conn := layer4.WrapConnection(fakeConn{remote: &net.UnixAddr{Name: "@", Net: "unix"}}, nil, zap.NewNop())
+	if u := p.Select(testPool(3), conn); u == nil {
+		t.Fatal("no upstream for a unix-socket client")
 	}
 }
 
@@ -139,7 +152,7 @@ func BenchmarkL4Select(b *testing.B) {
 				b.ReportAllocs()
 				for i := 0; b.Loop(); i++ {
 					c := conns[i&1023]
-					c.SetVar(triedVarKey, nil) // a new connection, as far as retries go
+					c.SetVar(ours.triedKey, nil) // a new connection, as far as retries go
 					if p.sel.Select(pool, c) == nil {
 						b.Fatal("no upstream")
 					}
