@@ -23,7 +23,6 @@ func init() {
 	caddy.RegisterModule(new(IPAffinity))
 }
 
-
 // IPPolicyName labels the HTTP ip_affinity policy's counters and metrics.
 const IPPolicyName = "ip_affinity"
 
