@@ -134,11 +134,16 @@ func TestIPAffinityCaddyfileErrors(t *testing.T) {
 
 // Validation after parsing catches what one option alone cannot.
 func TestIPAffinityCaddyfileValidate(t *testing.T) {
-	s, err := parseIPAffinity("ip_affinity {\n\tmax_sessions 10k\n}")
-	if err != nil {
-		t.Fatal(err)
+	// In a Caddyfile, at adaptation, with the line.
+	_, err := parseIPAffinity("ip_affinity {\n\tmax_sessions 10k\n}")
+	if err == nil || !strings.HasPrefix(err.Error(), "ip_affinity: max_sessions:") || !strings.Contains(err.Error(), "persist_timeout") ||
+		!strings.HasSuffix(err.Error(), ", at Testfile:3") {
+		t.Errorf("max_sessions without persist_timeout: %v", err)
 	}
-	if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), "max_sessions:") || !strings.Contains(err.Error(), "persist_timeout") {
+	// In JSON, at provisioning.
+	s := &IPAffinity{}
+	s.MaxSessions = 10000
+	if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), "max_sessions:") {
 		t.Errorf("max_sessions without persist_timeout: Validate = %v", err)
 	}
 	s = &IPAffinity{Source: "header"}

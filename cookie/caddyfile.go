@@ -1,6 +1,7 @@
 package cookie
 
 import (
+	"fmt"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
@@ -87,6 +88,10 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if err != nil {
 			return err
 		}
+	}
+	// Checks between options, here too so that the error names the line.
+	if err := s.validate(); err != nil {
+		return d.WrapErr(fmt.Errorf("sticky_cookie: %w", err))
 	}
 	return nil
 }

@@ -71,7 +71,7 @@ func TestUnmarshalCaddyfileOptions(t *testing.T) {
 		{"sticky_cookie", func(s *StickyCookie) bool { return reflect.DeepEqual(s, new(StickyCookie)) }},
 		{"sticky_cookie {\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s, new(StickyCookie)) }},
 		{"sticky_cookie SESSID", func(s *StickyCookie) bool { return s.Name == "SESSID" }},
-		{"sticky_cookie {\nmode rewrite\n}", func(s *StickyCookie) bool { return s.Mode == "rewrite" }},
+		{"sticky_cookie SESSID {\nmode rewrite\n}", func(s *StickyCookie) bool { return s.Mode == "rewrite" }},
 		{"sticky_cookie {\nsecret a\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s.Secrets, []string{"a"}) }},
 		{"sticky_cookie {\nsecrets a b\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s.Secrets, []string{"a", "b"}) }},
 		{"sticky_cookie {\nmax_age 90s\n}", func(s *StickyCookie) bool { return s.MaxAge == caddy.Duration(90*time.Second) }},
@@ -162,6 +162,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 
 // TestValidateRewriteInsertOnly: in rewrite mode the backend's cookie keeps
 // its attributes, so options that only shape an inserted cookie are errors.
+// Checks between options run when the Caddyfile is adapted, so the error
+// names the option and the line; JSON configs get them at provisioning.
 func TestValidateRewriteInsertOnly(t *testing.T) {
 	for opt, line := range map[string]string{
 		"max_age":        "max_age 1h",
@@ -174,13 +176,16 @@ func TestValidateRewriteInsertOnly(t *testing.T) {
 		"forward_cookie": "forward_cookie on",
 		"nocache":        "nocache on",
 	} {
-		s, err := parseCaddyfile("sticky_cookie SESSID {\n\tmode rewrite\n\t" + line + "\n}")
-		if err != nil {
-			t.Fatalf("%s: parse: %v", opt, err)
+		_, err := parseCaddyfile("sticky_cookie SESSID {\n\tmode rewrite\n\t" + line + "\n}")
+		if err == nil || !strings.HasPrefix(err.Error(), "sticky_cookie: "+opt+":") ||
+			!strings.Contains(err.Error(), "insert mode only") || !strings.HasSuffix(err.Error(), ", at Testfile:4") {
+			t.Errorf("%s in rewrite mode: %v", opt, err)
 		}
-		err = s.Validate()
-		if err == nil || !strings.HasPrefix(err.Error(), opt+":") || !strings.Contains(err.Error(), "insert mode only") {
-			t.Errorf("%s in rewrite mode: Validate = %v", opt, err)
+		// The same config in JSON fails at provisioning.
+		s := &StickyCookie{Mode: ModeRewrite, Name: "SESSID"}
+		json.Unmarshal([]byte(`{`+jsonOpt(opt)+`}`), s)
+		if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), opt+":") {
+			t.Errorf("%s in rewrite mode, JSON: Validate = %v", opt, err)
 		}
 	}
 	// What rewrite mode does use is fine.
@@ -191,25 +196,39 @@ func TestValidateRewriteInsertOnly(t *testing.T) {
 	if err := s.Validate(); err != nil {
 		t.Fatalf("valid rewrite config: %v", err)
 	}
-	// Rewrite mode needs the backend's cookie name.
-	s, _ = parseCaddyfile("sticky_cookie {\n\tmode rewrite\n}")
-	if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), "name:") {
-		t.Errorf("rewrite without a name: %v", err)
+	for input, want := range map[string]string{
+		// Rewrite mode needs the backend's cookie name.
+		"sticky_cookie {\n\tmode rewrite\n}":                   "sticky_cookie: name: rewrite mode needs",
+		"sticky_cookie {\n\tsame_site none\n\tsecure never\n}": "sticky_cookie: same_site: none requires a Secure cookie",
+		"sticky_cookie __Host-s {\n\tpath /app\n}":             "sticky_cookie: name: a __Host- cookie must be Secure",
+	} {
+		if _, err := parseCaddyfile(input); err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), ", at Testfile:") {
+			t.Errorf("%q: %v, want %q with the line", input, err, want)
+		}
 	}
-	s, _ = parseCaddyfile("sticky_cookie {\n\tsame_site none\n\tsecure never\n}")
-	s.Mode, s.Name = ModeInsert, "affinity" // as Provision fills them in
-	if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), "same_site:") {
-		t.Errorf("same_site none with secure never: %v", err)
+}
+
+// jsonOpt is a JSON member that sets the insert-only option opt.
+func jsonOpt(opt string) string {
+	switch opt {
+	case "max_age", "idle_timeout":
+		return `"` + opt + `": 3600000000000`
+	case "http_only", "forward_cookie", "nocache":
+		return `"` + opt + `": true`
+	case "path":
+		return `"path": "/app"`
+	case "secure":
+		return `"secure": "always"`
+	case "same_site":
+		return `"same_site": "strict"`
 	}
+	return `"` + opt + `": "example.com"`
 }
 
 // TestValidateErrorIsDeterministic: a config with several mistakes must get
 // the same error every time it is loaded.
 func TestValidateErrorIsDeterministic(t *testing.T) {
-	s, err := parseCaddyfile("sticky_cookie SESSID {\n\tmode rewrite\n\tmax_age 1h\n\tdomain example.com\n\tsecure always\n}")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := &StickyCookie{Mode: ModeRewrite, Name: "SESSID", MaxAge: caddy.Duration(time.Hour), Domain: "example.com", Secure: "always"}
 	seen := map[string]bool{}
 	for i := 0; i < 50; i++ {
 		seen[s.Validate().Error()] = true

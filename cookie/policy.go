@@ -240,27 +240,32 @@ func (s *StickyCookie) Cleanup() error {
 // Validate ensures s's configuration is valid.
 func (s *StickyCookie) Validate() error { return s.validate() }
 
+// validate checks the configuration as given: unset options count as their
+// defaults, so the Caddyfile adapter can run it too and name the line.
 func (s *StickyCookie) validate() error {
-	switch s.Mode {
+	mode := s.Mode
+	switch mode {
+	case "":
+		mode = ModeInsert
 	case ModeInsert, ModeRewrite:
 	default:
 		return fmt.Errorf("mode: must be insert or rewrite, got %q", s.Mode)
 	}
-	if s.Name == "" {
+	if s.Name == "" && mode == ModeRewrite {
 		return fmt.Errorf("name: rewrite mode needs the name of the cookie the backend sets")
 	}
-	if !validCookieName(s.Name) {
+	if s.Name != "" && !validCookieName(s.Name) {
 		return fmt.Errorf("name: %q is not a valid cookie name", s.Name)
 	}
 	// Browsers drop prefixed cookies that break the prefix's rules.
-	if s.Mode == ModeInsert && strings.HasPrefix(s.Name, "__Secure-") && s.Secure == "never" {
+	if mode == ModeInsert && strings.HasPrefix(s.Name, "__Secure-") && s.Secure == "never" {
 		return fmt.Errorf("name: a __Secure- cookie must be Secure; secure never contradicts it")
 	}
-	if s.Mode == ModeInsert && strings.HasPrefix(s.Name, "__Host-") &&
+	if mode == ModeInsert && strings.HasPrefix(s.Name, "__Host-") &&
 		(s.Secure == "never" || s.Domain != "" || (s.Path != "" && s.Path != "/")) {
 		return fmt.Errorf("name: a __Host- cookie must be Secure, with Path=/ and no Domain")
 	}
-	if s.Mode == ModeRewrite {
+	if mode == ModeRewrite {
 		// Attributes are the backend's in rewrite mode; silently ignoring
 		// them would mislead.
 		for _, o := range []struct {

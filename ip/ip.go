@@ -263,6 +263,10 @@ func (c *Config) ParseBlock(d *caddyfile.Dispenser, own func(d *caddyfile.Dispen
 			return err
 		}
 	}
+	// Checks between options, here too so that the error names the line.
+	if err := c.Validate(); err != nil {
+		return d.WrapErr(fmt.Errorf("ip_affinity: %w", err))
+	}
 	return nil
 }
 
