@@ -152,17 +152,24 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	// that already failed it is unavailable to it, and the client rebinds.
 	tried := triedUpstreams(vars, s.triedKey)
 	avail := func(i int) bool { return pool[i].Available() && !triedDial(tried, pool[i].Dial) }
-	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
-	if p.Stale(i, pool[max(i, 0)].Dial) {
-		p = s.pools.Refresh(pool)
-		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
+	choose := func() (int, affinity.Result) {
+		return affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
 	}
+	i, res := choose()
 	if i < 0 && tried != nil {
 		// Every available upstream failed this request once: go round
 		// again, as Caddy's own policies do within lb_try_duration, so a
-		// backend that restarts meanwhile is reached.
+		// backend that restarts meanwhile is reached. The round starts
+		// afresh from the hash's choice, not from the last rebind.
 		tried = nil
-		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
+		if t := s.Sessions(); t != nil {
+			t.Delete(k)
+		}
+		i, res = choose()
+	}
+	if p.Stale(i, pool[max(i, 0)].Dial) {
+		p = s.pools.Refresh(pool)
+		i, res = choose()
 	}
 	if i < 0 {
 		return s.fallbackSelect(pool, r, w)

@@ -137,7 +137,7 @@ func TestIPAffinityCaddyfileValidate(t *testing.T) {
 	// In a Caddyfile, at adaptation, with the line.
 	_, err := parseIPAffinity("ip_affinity {\n\tmax_sessions 10k\n}")
 	if err == nil || !strings.HasPrefix(err.Error(), "ip_affinity: max_sessions:") || !strings.Contains(err.Error(), "persist_timeout") ||
-		!strings.HasSuffix(err.Error(), ", at Testfile:3") {
+		!strings.HasSuffix(err.Error(), ", at Testfile:2") {
 		t.Errorf("max_sessions without persist_timeout: %v", err)
 	}
 	// In JSON, at provisioning.

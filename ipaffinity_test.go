@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -73,27 +74,42 @@ func TestIPAffinitySourceAndAgreement(t *testing.T) {
 }
 
 func TestIPAffinityRetryRebinds(t *testing.T) {
-	pool := testPool(5)
-	p := &IPAffinity{}
-	provision(t, p)
-	r := clientRequest("198.51.100.7", "198.51.100.7:1234")
-	seen := map[*reverseproxy.Upstream]bool{}
-	for attempt := 0; attempt < len(pool); attempt++ {
-		u := p.Select(pool, r, nil)
-		if u == nil || seen[u] {
-			t.Fatalf("attempt %d chose %v, already tried or none", attempt, u)
-		}
-		seen[u] = true
-	}
-	// Every upstream failed this request once: the next attempt goes
-	// round again, starting from the client's own upstream.
-	first := p.Select(pool, clientRequest("198.51.100.7", "198.51.100.7:1234"), nil)
-	if u := p.Select(pool, r, nil); u != first {
-		t.Fatalf("after every upstream failed, the next attempt chose %v, want the client's %s", u, first.Dial)
-	}
-	// A new request of the same client goes back to its upstream.
-	if again := p.Select(pool, clientRequest("198.51.100.7", "198.51.100.7:1"), nil); again != first {
-		t.Fatalf("client moved from %s to %s", first.Dial, again.Dial)
+	for _, table := range []bool{false, true} {
+		t.Run(fmt.Sprintf("session table %v", table), func(t *testing.T) {
+			pool := testPool(5)
+			p := &IPAffinity{}
+			if table {
+				p.PersistTimeout = caddy.Duration(time.Hour)
+			}
+			provision(t, p)
+			r := clientRequest("198.51.100.7", "198.51.100.7:1234")
+			var order []*reverseproxy.Upstream
+			seen := map[*reverseproxy.Upstream]bool{}
+			for attempt := 0; attempt < len(pool); attempt++ {
+				u := p.Select(pool, r, nil)
+				if u == nil || seen[u] {
+					t.Fatalf("attempt %d chose %v, already tried or none", attempt, u)
+				}
+				seen[u] = true
+				order = append(order, u)
+			}
+			// Every upstream failed this request once: the next attempts go
+			// round again in the same order, from the client's own upstream.
+			for attempt, want := range order {
+				if u := p.Select(pool, r, nil); u != want {
+					t.Fatalf("round 2, attempt %d chose %v, want %s as in round 1", attempt, u, want.Dial)
+				}
+			}
+			// A new request of the same client goes where the last attempt
+			// went with a table (the move is remembered), else to its own.
+			want := order[0]
+			if table {
+				want = order[len(order)-1]
+			}
+			if again := p.Select(pool, clientRequest("198.51.100.7", "198.51.100.7:1"), nil); again != want {
+				t.Fatalf("new request went to %v, want %s", again, want.Dial)
+			}
+		})
 	}
 }
 

@@ -40,10 +40,7 @@ func NewIPPool(policy string, addrs []string) *IPPool {
 }
 
 // Release gives back what NewIPPool retained for policy.
-func (p *IPPool) Release(policy string) {
-	Release(policy, p.Addrs...)
-	ForgetUpstream(p.IDs...)
-}
+func (p *IPPool) Release(policy string) { Release(policy, p.Addrs...) }
 
 // Stale reports whether the upstream at position i of the caller's pool is
 // not the one p has there: the pool was changed in place, and the caller

@@ -72,9 +72,10 @@ type PoolCache[U comparable, S any] struct {
 	// Drop, if set, releases a state the cache no longer keeps.
 	Drop func(S)
 
-	snaps [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
-	next  int // slot the next new pool replaces; guarded by mu
-	mu    sync.Mutex
+	snaps  [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
+	next   int  // slot the next new pool replaces; guarded by mu
+	closed bool // guarded by mu
+	mu     sync.Mutex
 }
 
 const poolCacheSlots = 4
@@ -134,6 +135,14 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 		}
 	}
 	n := &poolSnap[U, S]{orig: pool, addrs: addrs, state: c.Build(addrs)}
+	if c.closed {
+		// A request still in flight after its config was unloaded: serve
+		// it, but keep nothing that no Close would ever release.
+		if c.Drop != nil {
+			c.Drop(n.state)
+		}
+		return n.state
+	}
 	if old := c.snaps[c.next].Swap(n); old != nil && c.Drop != nil {
 		c.Drop(old.state)
 	}
@@ -146,6 +155,7 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 func (c *PoolCache[U, S]) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closed = true
 	for i := range c.snaps {
 		if old := c.snaps[i].Swap(nil); old != nil && c.Drop != nil {
 			c.Drop(old.state)

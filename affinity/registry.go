@@ -11,8 +11,7 @@ var registry struct {
 	mu     sync.Mutex
 	tables map[*SessionTable]tableInfo
 	seq    uint64
-	names  sync.Map       // upstream ID (AddrHash) -> address
-	refs   map[uint64]int // pools naming each ID, guarded by mu
+	names  sync.Map // upstream ID (AddrHash) -> address
 }
 
 type tableInfo struct {
@@ -59,34 +58,13 @@ func EachTable(fn func(policy string, t *SessionTable)) {
 }
 
 // NameUpstream records addr as the name of its ID and returns the ID.
-// Session tables store IDs; the admin API shows addresses. Each call is
-// undone by one ForgetUpstream, and an ID no pool names any more is
-// forgotten, so addresses that come and go do not pile up.
+// Session tables store IDs; the admin API shows addresses. A name lasts
+// while some config retains its address (see Retain), so entries a reload
+// carries over keep their names before the new config routes anything.
 func NameUpstream(addr string) uint64 {
 	id := AddrHash(addr)
-	registry.mu.Lock()
-	defer registry.mu.Unlock()
-	if registry.refs == nil {
-		registry.refs = make(map[uint64]int)
-	}
-	registry.refs[id]++
 	registry.names.Store(id, addr)
 	return id
-}
-
-// ForgetUpstream undoes one NameUpstream of each ID.
-func ForgetUpstream(ids ...uint64) {
-	registry.mu.Lock()
-	defer registry.mu.Unlock()
-	for _, id := range ids {
-		if registry.refs[id] <= 0 {
-			continue
-		}
-		if registry.refs[id]--; registry.refs[id] == 0 {
-			delete(registry.refs, id)
-			registry.names.Delete(id)
-		}
-	}
 }
 
 // UpstreamName returns the address of an upstream ID, or "".

@@ -76,8 +76,9 @@ type statsKey struct{ policy, addr string }
 
 var stats struct {
 	sync.RWMutex
-	m    map[statsKey]*Counters
-	refs map[statsKey]int
+	m        map[statsKey]*Counters
+	refs     map[statsKey]int
+	addrRefs map[string]int // retains of each address, over every policy
 }
 
 // Retain marks the upstreams at addrs as in use by a live config of policy
@@ -91,10 +92,12 @@ func Retain(policy string, addrs ...string) {
 	defer stats.Unlock()
 	if stats.refs == nil {
 		stats.refs = make(map[statsKey]int)
+		stats.addrRefs = make(map[string]int)
 	}
 	for _, a := range addrs {
 		k := statsKey{policy, a}
 		stats.refs[k]++
+		stats.addrRefs[a]++
 		if stats.m == nil {
 			stats.m = make(map[statsKey]*Counters)
 		}
@@ -104,7 +107,8 @@ func Retain(policy string, addrs ...string) {
 	}
 }
 
-// Release undoes one Retain of each address.
+// Release undoes one Retain of each address. An address no config retains
+// any more loses its counters and its name.
 func Release(policy string, addrs ...string) {
 	stats.Lock()
 	defer stats.Unlock()
@@ -116,6 +120,10 @@ func Release(policy string, addrs ...string) {
 		if stats.refs[k]--; stats.refs[k] == 0 {
 			delete(stats.refs, k)
 			delete(stats.m, k)
+		}
+		if stats.addrRefs[a]--; stats.addrRefs[a] == 0 {
+			delete(stats.addrRefs, a)
+			registry.names.Delete(AddrHash(a))
 		}
 	}
 }

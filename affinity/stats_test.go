@@ -304,6 +304,14 @@ func TestPoolCacheDropsEvictedAndClosed(t *testing.T) {
 	if len(dropped) != poolCacheSlots+2 {
 		t.Fatalf("Close dropped %d states in all, want %d", len(dropped), poolCacheSlots+2)
 	}
+	// A request still in flight after Close gets a state, which is not
+	// kept: nothing would ever drop it.
+	if got := c.Get(ups("late")); got != "late" {
+		t.Fatalf("after Close, Get = %q", got)
+	}
+	if len(dropped) != poolCacheSlots+3 || dropped[len(dropped)-1] != "late" {
+		t.Fatalf("a state built after Close was kept: dropped %v", dropped)
+	}
 }
 
 // A metrics scrape or an admin listing may run while a reload releases
@@ -337,17 +345,17 @@ func TestEachCountersDuringRelease(t *testing.T) {
 
 func TestUpstreamNamesForgotten(t *testing.T) {
 	const a = "names-a:80"
+	Retain("test_names_1", a)
+	Retain("test_names_2", a) // another policy kind with the same upstream
 	id := NameUpstream(a)
-	NameUpstream(a) // a second pool with the same upstream
-	ForgetUpstream(id)
+	Release("test_names_1", a)
 	if UpstreamName(id) != a {
-		t.Fatalf("forgotten while another pool still names it")
+		t.Fatalf("forgotten while another config still retains it")
 	}
-	ForgetUpstream(id)
+	Release("test_names_2", a)
 	if n := UpstreamName(id); n != "" {
-		t.Fatalf("still named %q after every pool forgot it", n)
+		t.Fatalf("still named %q after every config released it", n)
 	}
-	ForgetUpstream(id) // more forgets than names are ignored
 	if (*Counters)(nil).Count(ResultHit) != 0 || (*Counters)(nil).RejectedBy(ReasonSignature) != 0 {
 		t.Fatal("nil Counters must read as zero")
 	}

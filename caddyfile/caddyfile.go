@@ -17,18 +17,30 @@ import (
 	"github.com/dustin/go-humanize"
 )
 
-// Options tracks the options of one block, to reject duplicates.
-type Options map[string]bool
+// Options tracks the options of one block, to reject duplicates and to
+// place errors that involve several of them: each option's line.
+type Options map[string]int
 
 // Start records that the option under the dispenser's cursor is being
 // parsed, and fails if it was given before.
 func (o Options) Start(d *caddyfile.Dispenser) error {
 	opt := d.Val()
-	if o[opt] {
+	if o[opt] > 0 {
 		return d.Errf("%s: option given more than once", opt)
 	}
-	o[opt] = true
+	o[opt] = d.Line()
 	return nil
+}
+
+// WrapErr places err, from a check between options whose message starts
+// with an option's name ("max_age: ..."), at that option's line, or at the
+// cursor (the block's end) when the option was left to its default.
+func (o Options) WrapErr(d *caddyfile.Dispenser, module string, err error) error {
+	opt, _, _ := strings.Cut(err.Error(), ":")
+	if line := o[opt]; line > 0 {
+		return fmt.Errorf("%s: %w, at %s:%d", module, err, d.File(), line)
+	}
+	return d.WrapErr(fmt.Errorf("%s: %w", module, err))
 }
 
 // OneArg returns the option's single argument.

@@ -1,7 +1,6 @@
 package cookie
 
 import (
-	"fmt"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
@@ -27,8 +26,10 @@ import (
 //	}
 func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume policy name
+	seen := parse.Options{}
 	if d.NextArg() {
 		s.Name = d.Val()
+		seen["name"] = d.Line()
 		if !validCookieName(s.Name) {
 			return d.Errf("sticky_cookie: '%s' is not a valid cookie name", s.Name)
 		}
@@ -36,9 +37,8 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("sticky_cookie: expected at most one argument (the cookie name), got extra '%s'", d.Val())
 	}
-	seen := parse.Options{}
 	for d.NextBlock(0) {
-		if d.Val() == "secrets" && seen["secret"] || d.Val() == "secret" && seen["secrets"] {
+		if d.Val() == "secrets" && seen["secret"] > 0 || d.Val() == "secret" && seen["secrets"] > 0 {
 			return d.Errf("%s: option given more than once (secret and secrets are the same option)", d.Val())
 		}
 		if err := seen.Start(d); err != nil {
@@ -91,7 +91,7 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	// Checks between options, here too so that the error names the line.
 	if err := s.validate(); err != nil {
-		return d.WrapErr(fmt.Errorf("sticky_cookie: %w", err))
+		return seen.WrapErr(d, "sticky_cookie", err)
 	}
 	return nil
 }

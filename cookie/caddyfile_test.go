@@ -178,12 +178,14 @@ func TestValidateRewriteInsertOnly(t *testing.T) {
 	} {
 		_, err := parseCaddyfile("sticky_cookie SESSID {\n\tmode rewrite\n\t" + line + "\n}")
 		if err == nil || !strings.HasPrefix(err.Error(), "sticky_cookie: "+opt+":") ||
-			!strings.Contains(err.Error(), "insert mode only") || !strings.HasSuffix(err.Error(), ", at Testfile:4") {
+			!strings.Contains(err.Error(), "insert mode only") || !strings.HasSuffix(err.Error(), ", at Testfile:3") {
 			t.Errorf("%s in rewrite mode: %v", opt, err)
 		}
-		// The same config in JSON fails at provisioning.
+		// The same config in JSON fails the check Provision runs.
 		s := &StickyCookie{Mode: ModeRewrite, Name: "SESSID"}
-		json.Unmarshal([]byte(`{`+jsonOpt(opt)+`}`), s)
+		if err := json.Unmarshal([]byte(`{`+jsonOpt(opt)+`}`), s); err != nil {
+			t.Fatalf("%s: %v", opt, err)
+		}
 		if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), opt+":") {
 			t.Errorf("%s in rewrite mode, JSON: Validate = %v", opt, err)
 		}
@@ -196,14 +198,16 @@ func TestValidateRewriteInsertOnly(t *testing.T) {
 	if err := s.Validate(); err != nil {
 		t.Fatalf("valid rewrite config: %v", err)
 	}
-	for input, want := range map[string]string{
+	// Each error is placed at the option it names, or at the block's end
+	// when that option was left to its default.
+	for input, want := range map[string][2]string{
 		// Rewrite mode needs the backend's cookie name.
-		"sticky_cookie {\n\tmode rewrite\n}":                   "sticky_cookie: name: rewrite mode needs",
-		"sticky_cookie {\n\tsame_site none\n\tsecure never\n}": "sticky_cookie: same_site: none requires a Secure cookie",
-		"sticky_cookie __Host-s {\n\tpath /app\n}":             "sticky_cookie: name: a __Host- cookie must be Secure",
+		"sticky_cookie {\n\tmode rewrite\n}":                   {"sticky_cookie: name: rewrite mode needs", "Testfile:3"},
+		"sticky_cookie {\n\tsame_site none\n\tsecure never\n}": {"sticky_cookie: same_site: none requires a Secure cookie", "Testfile:2"},
+		"sticky_cookie __Host-s {\n\tpath /app\n}":             {"sticky_cookie: name: a __Host- cookie must be Secure", "Testfile:1"},
 	} {
-		if _, err := parseCaddyfile(input); err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), ", at Testfile:") {
-			t.Errorf("%q: %v, want %q with the line", input, err, want)
+		if _, err := parseCaddyfile(input); err == nil || !strings.HasPrefix(err.Error(), want[0]) || !strings.HasSuffix(err.Error(), ", at "+want[1]) {
+			t.Errorf("%q: %v, want %q at %s", input, err, want[0], want[1])
 		}
 	}
 }

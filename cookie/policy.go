@@ -557,8 +557,6 @@ func mix64(x uint64) uint64 {
 	return x ^ x>>31
 }
 
-// triedUp reports whether an earlier attempt of the request used u. It
-// compares addresses: dynamic upstreams are new objects on every attempt.
 // allTried reports whether every available upstream of pool already
 // failed this request.
 func (st *reqState) allTried(pool reverseproxy.UpstreamPool) bool {
@@ -570,6 +568,8 @@ func (st *reqState) allTried(pool reverseproxy.UpstreamPool) bool {
 	return true
 }
 
+// triedUp reports whether an earlier attempt of the request used u. It
+// compares addresses: dynamic upstreams are new objects on every attempt.
 func (st *reqState) triedUp(u *reverseproxy.Upstream) bool {
 	for _, t := range st.tried {
 		if t == u || t.Dial == u.Dial {

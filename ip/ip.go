@@ -265,7 +265,7 @@ func (c *Config) ParseBlock(d *caddyfile.Dispenser, own func(d *caddyfile.Dispen
 	}
 	// Checks between options, here too so that the error names the line.
 	if err := c.Validate(); err != nil {
-		return d.WrapErr(fmt.Errorf("ip_affinity: %w", err))
+		return seen.WrapErr(d, "ip_affinity", err)
 	}
 	return nil
 }

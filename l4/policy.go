@@ -260,17 +260,23 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	avail := func(i int) bool {
 		return available(up[i], conn) && !slices.ContainsFunc(tried, func(t *l4proxy.Upstream) bool { return t == up[i] || t.String() == up[i].String() })
 	}
-	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
-	if p.Stale(i, up[max(i, 0)].String()) {
-		p = s.pools.Refresh(up)
-		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
+	choose := func() (int, affinity.Result) {
+		return affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
 	}
+	i, res := choose()
 	if i < 0 && tried != nil {
 		// Every available upstream failed this connection once: go round
 		// again while lb_try_duration allows, so a backend that restarts
-		// meanwhile is reached.
+		// meanwhile is reached, afresh from the hash's choice.
 		tried = nil
-		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
+		if t := s.Sessions(); t != nil {
+			t.Delete(k)
+		}
+		i, res = choose()
+	}
+	if p.Stale(i, up[max(i, 0)].String()) {
+		p = s.pools.Refresh(up)
+		i, res = choose()
 	}
 	if i < 0 {
 		return s.fallbackSelect(up, conn)

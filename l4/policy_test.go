@@ -92,18 +92,25 @@ func TestLayer4RetryMovesToAnotherUpstream(t *testing.T) {
 	p := provisioned(t, &IPAffinity{})
 	conn := connFrom("192.0.2.10")
 	seen := map[*l4proxy.Upstream]bool{}
+	var own *l4proxy.Upstream
 	for try := 0; try < 4; try++ {
 		u := p.Select(pool, conn)
 		if u == nil || seen[u] {
 			t.Fatalf("try %d chose %v again or none", try, u)
 		}
 		seen[u] = true
+		if try == 0 {
+			own = u
+		}
 	}
 	// Every upstream failed this connection once: while lb_try_duration
-	// allows, the next try goes round again from the client's own upstream.
-	own := p.Select(pool, connFrom("192.0.2.10"))
+	// allows, the next try goes round again from the client's own upstream,
+	// and a new connection goes there too.
 	if u := p.Select(pool, conn); u != own {
 		t.Fatalf("after every upstream failed, the next try chose %v, want the client's %s", u, own)
+	}
+	if u := p.Select(pool, connFrom("192.0.2.10")); u != own {
+		t.Fatalf("a new connection went to %v, want the client's %s", u, own)
 	}
 }
 
