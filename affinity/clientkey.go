@@ -206,6 +206,41 @@ func (k ClientKey) Hash() uint64 {
 // It strips an IPv6 zone and unmaps IPv4-mapped IPv6 addresses. It reports
 // false for anything else: host names, Unix socket paths, garbage.
 func ParseHostAddr(s string) (netip.Addr, bool) {
+	// Most client addresses are IPv4, with or without a port: read those
+	// in one pass (this is on every request of an IP policy).
+	if a, rest, ok := parseIPv4(s); ok && validPort(rest, true) {
+		return netip.AddrFrom4(a), true
+	}
+	return parseHostAddr(s)
+}
+
+// parseIPv4 reads a dotted-quad IPv4 address at the start of s, as strictly
+// as netip.ParseAddr (four fields, no leading zeros, each at most 255), and
+// returns what follows it.
+func parseIPv4(s string) (a [4]byte, rest string, ok bool) {
+	i := 0
+	for f := range 4 {
+		if f > 0 {
+			if i >= len(s) || s[i] != '.' {
+				return a, "", false
+			}
+			i++
+		}
+		start, v := i, 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' && i-start < 3 {
+			v = v*10 + int(s[i]-'0')
+			i++
+		}
+		if n := i - start; n == 0 || v > 255 || (n > 1 && s[start] == '0') {
+			return a, "", false
+		}
+		a[f] = byte(v)
+	}
+	return a, s[i:], true
+}
+
+// parseHostAddr is ParseHostAddr for every other form.
+func parseHostAddr(s string) (netip.Addr, bool) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return netip.Addr{}, false

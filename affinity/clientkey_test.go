@@ -208,6 +208,22 @@ func FuzzClientKey(f *testing.F) {
 	})
 }
 
+// The IPv4 fast path of ParseHostAddr must agree with the general path on
+// every input.
+func FuzzParseHostAddrFastPath(f *testing.F) {
+	for _, s := range []string{"192.0.2.1", "192.0.2.1:80", "1.2.3.4:", "01.2.3.4", "1.2.3.256", "1.2.3.4.5",
+		"1.2.3", "1.2.3.4:65536", "1.2.3.4:x", "255.255.255.255:0", " 1.2.3.4", "1.2.3.4 ", "1.2.3.0004", "0.0.0.0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, gotOK := ParseHostAddr(s)
+		want, wantOK := parseHostAddr(s)
+		if got != want || gotOK != wantOK {
+			t.Fatalf("ParseHostAddr(%q) = %v, %v; the general path says %v, %v", s, got, gotOK, want, wantOK)
+		}
+	})
+}
+
 func BenchmarkClientKeyMask(b *testing.B) {
 	v4 := netip.MustParseAddr("192.0.2.77")
 	v6 := netip.MustParseAddr("2001:db8:1:2:3:4:5:6")
