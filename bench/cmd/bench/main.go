@@ -220,12 +220,10 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 		}
 		logf("warm-up done (%v per case)", c.warmup)
 	}
-	// Interleave the cases, starting each round one case later, so that a
-	// slow spell of the shared machine or a position in the order does not
-	// fall on one case only.
+	// Interleave the cases so that a slow spell of the shared machine or a
+	// position in the order does not fall on one case only.
 	for r := range c.rounds {
-		for j := range res.cases {
-			k := res.cases[(j+r)%len(res.cases)]
+		for _, k := range roundOrder(res.cases, r) {
 			var prof chan error
 			if c.pprof && r == 0 && k.Server == "caddy" {
 				prof = make(chan error, 1)
@@ -281,4 +279,22 @@ func measure(ctx context.Context, c config, w wrkRunner, meter *cpuMeter, k *ben
 		}
 		logf("%s: other processes used %.0f %% of the machine meanwhile; repeating", k.Name, s.Foreign)
 	}
+}
+
+// roundOrder is the order of the cases in round r: each round starts one
+// case later, and every other round runs backwards, so that each case
+// follows a given other case as often as it precedes it (a case run just
+// after another can inherit its warm or cold state: caches, GC, the backend
+// it used).
+func roundOrder(cases []*benchCase, r int) []*benchCase {
+	n := len(cases)
+	out := make([]*benchCase, n)
+	for j := range n {
+		if r%2 == 0 {
+			out[j] = cases[(j+r)%n]
+		} else {
+			out[j] = cases[(2*n-1-j+r)%n]
+		}
+	}
+	return out
 }

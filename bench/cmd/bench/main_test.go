@@ -89,3 +89,30 @@ func TestPaired(t *testing.T) {
 		t.Errorf("no rounds: got %+v", p)
 	}
 }
+
+// Over two rounds, every case runs right after each of its neighbours once
+// and right before it once.
+func TestRoundOrder(t *testing.T) {
+	cs := allCases()
+	after := map[[2]string]int{}
+	for r := range 4 {
+		order := roundOrder(cs, r)
+		if len(order) != len(cs) {
+			t.Fatalf("round %d: %d cases", r, len(order))
+		}
+		seen := map[string]bool{}
+		for i, k := range order {
+			if seen[k.ID] {
+				t.Fatalf("round %d runs %s twice", r, k.ID)
+			}
+			seen[k.ID] = true
+			if i > 0 {
+				after[[2]string{order[i-1].ID, k.ID}]++
+			}
+		}
+	}
+	a, b := "client_ip_hash", "ip_affinity"
+	if after[[2]string{a, b}] == 0 || after[[2]string{a, b}] != after[[2]string{b, a}] {
+		t.Fatalf("%s then %s %d times, the other way %d times", a, b, after[[2]string{a, b}], after[[2]string{b, a}])
+	}
+}

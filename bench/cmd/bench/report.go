@@ -348,7 +348,7 @@ func markdown(r *results) string {
 	p("Everything runs on loopback on the same machine: %d in-process Go backends (each answers with its name; "+
 		"under `/app` it also sets `name=<backend>xxxx`, which only the rewrite case requests), one Caddy with a site per Caddy case, "+
 		"and one HAProxy with a frontend per HAProxy case. Every case proxies to the same backends and differs only in its policy. "+
-		"wrk runs with %d thread and %d connections; each case runs %d s per round, the cases interleaved (each round starting one case later), "+
+		"wrk runs with %d thread and %d connections; each case runs %d s per round, the cases interleaved (each round starting one case later, every other round in reverse order, so that no case always follows the same one), "+
 		"%d rounds, after a %v warm-up per case; the tables give each case's median over the rounds. "+
 		"Ratios are paired by round: each is the median over the rounds of the case's figure divided by the other case's in the same round "+
 		"(to the baseline, Caddy `round_robin`, unless the target names another case), so that a machine that drifts during the run moves both sides alike; "+
