@@ -148,31 +148,24 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	if s.Sessions() != nil {
 		now = s.now()
 	}
-	// Caddy calls Select again for each retry of a request: an upstream
-	// that already failed it is unavailable to it, and the client rebinds.
+	// Caddy calls Select again for each retry of a request: the upstreams
+	// that already failed it are passed over (see ChooseIP).
 	tried := triedUpstreams(vars, s.triedKey)
-	avail := func(i int) bool { return pool[i].Available() && !triedDial(tried, pool[i].Dial) }
-	choose := func() (int, affinity.Result) {
-		return affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, load)
+	avail := func(i int) bool { return pool[i].Available() }
+	var failed func(i int) bool
+	if tried != nil {
+		failed = func(i int) bool { return triedDial(tried, pool[i].Dial) }
 	}
-	i, res := choose()
-	if i < 0 && tried != nil {
-		// Every available upstream failed this request once: go round
-		// again, as Caddy's own policies do within lb_try_duration, so a
-		// backend that restarts meanwhile is reached. The round starts
-		// afresh from the hash's choice, not from the last rebind.
-		tried = nil
-		if t := s.Sessions(); t != nil {
-			t.Delete(k)
-		}
-		i, res = choose()
-	}
+	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, failed, load)
 	if p.Stale(i, pool[max(i, 0)].Dial) {
 		p = s.pools.Refresh(pool)
-		i, res = choose()
+		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, failed, load)
 	}
 	if i < 0 {
 		return s.fallbackSelect(pool, r, w)
+	}
+	if failed != nil && failed(i) {
+		tried = nil // a new round of the pool began
 	}
 	rememberTried(vars, s.triedKey, tried, pool[i])
 	ip.LogDecision(s.logger, IPPolicyName, k, pool[i].Dial, res, s.Sessions() != nil)

@@ -51,9 +51,35 @@ func (p *IPPool) Stale(i int, addr string) bool { return i >= 0 && p.Addrs[i] !=
 // that is available, else the consistent-hash choice among available
 // upstreams that are not draining (with bounded loads when configured),
 // which is then remembered. avail reports whether the upstream at index i
-// can take a request now; load gives its in-flight count (nil when bounded
-// loads are off). It returns -1 when no upstream is available.
+// can take a request now; tried, if not nil, whether it already failed this
+// request (Caddy calls the policy again for each retry): those are passed
+// over while another is available, and once every available upstream has
+// failed the request, a new round starts from the client's hash choice, its
+// table entry forgotten, so that a retry within lb_try_duration reaches a
+// backend that restarts, as with Caddy's own policies. load gives an
+// upstream's in-flight count (nil when bounded loads are off). It returns
+// -1 when no upstream is available.
 func ChooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now time.Time,
+	avail, tried func(i int) bool, load func(i int) int) (int, Result) {
+	if tried == nil {
+		return chooseIP(o, sessions, p, k, now, avail, load)
+	}
+	untried := func(i int) bool { return avail(i) && !tried(i) }
+	if i, res := chooseIP(o, sessions, p, k, now, untried, load); i >= 0 {
+		return i, res
+	}
+	for i := range p.Addrs {
+		if avail(i) && tried(i) {
+			if sessions != nil {
+				sessions.Delete(k)
+			}
+			return chooseIP(o, sessions, p, k, now, avail, load)
+		}
+	}
+	return -1, ResultRebind
+}
+
+func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now time.Time,
 	avail func(i int) bool, load func(i int) int) (int, Result) {
 	had := false
 	if sessions != nil {

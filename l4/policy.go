@@ -257,29 +257,23 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	case []*l4proxy.Upstream:
 		tried = v
 	}
-	avail := func(i int) bool {
-		return available(up[i], conn) && !slices.ContainsFunc(tried, func(t *l4proxy.Upstream) bool { return t == up[i] || t.String() == up[i].String() })
-	}
-	choose := func() (int, affinity.Result) {
-		return affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, load)
-	}
-	i, res := choose()
-	if i < 0 && tried != nil {
-		// Every available upstream failed this connection once: go round
-		// again while lb_try_duration allows, so a backend that restarts
-		// meanwhile is reached, afresh from the hash's choice.
-		tried = nil
-		if t := s.Sessions(); t != nil {
-			t.Delete(k)
+	avail := func(i int) bool { return available(up[i], conn) }
+	var failed func(i int) bool
+	if tried != nil {
+		failed = func(i int) bool {
+			return slices.ContainsFunc(tried, func(t *l4proxy.Upstream) bool { return t == up[i] || t.String() == up[i].String() })
 		}
-		i, res = choose()
 	}
+	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, failed, load)
 	if p.Stale(i, up[max(i, 0)].String()) {
 		p = s.pools.Refresh(up)
-		i, res = choose()
+		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, failed, load)
 	}
 	if i < 0 {
 		return s.fallbackSelect(up, conn)
+	}
+	if failed != nil && failed(i) {
+		tried = nil // a new round of the pool began
 	}
 	if tried == nil {
 		conn.SetVar(s.triedKey, up[i]) // no allocation on the first try
