@@ -62,10 +62,10 @@ func (p *IPPool) Stale(i int, addr string) bool { return i >= 0 && p.Addrs[i] !=
 func ChooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now time.Time,
 	avail, tried func(i int) bool, load func(i int) int) (int, Result) {
 	if tried == nil {
-		return chooseIP(o, sessions, p, k, now, avail, load)
+		return chooseIP(o, sessions, p, k, now, avail, load, false)
 	}
 	untried := func(i int) bool { return avail(i) && !tried(i) }
-	if i, res := chooseIP(o, sessions, p, k, now, untried, load); i >= 0 {
+	if i, res := chooseIP(o, sessions, p, k, now, untried, load, false); i >= 0 {
 		return i, res
 	}
 	for i := range p.Addrs {
@@ -73,15 +73,18 @@ func ChooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 			if sessions != nil {
 				sessions.Delete(k)
 			}
-			return chooseIP(o, sessions, p, k, now, avail, load)
+			// Still a retry of a failed request: it counts as a rebind.
+			return chooseIP(o, sessions, p, k, now, avail, load, true)
 		}
 	}
 	return -1, ResultRebind
 }
 
+// chooseIP is one choice of ChooseIP; moved says the client is known to
+// be moving (a new round of retries), so the choice is a rebind.
 func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now time.Time,
-	avail func(i int) bool, load func(i int) int) (int, Result) {
-	had := false
+	avail func(i int) bool, load func(i int) int, moved bool) (int, Result) {
+	had := moved
 	if sessions != nil {
 		if id, ok := sessions.Get(k, now); ok {
 			had = true

@@ -33,9 +33,10 @@ func TestChooseIPRetryRounds(t *testing.T) {
 	if third == home || third == second || third < 0 {
 		t.Fatalf("third attempt chose %d after %d, %d", third, home, second)
 	}
-	// Every upstream failed once: round again, from the hash's choice.
-	if i, _ := ChooseIP(o, table, p, k, now, avail, tried, nil); i != home {
-		t.Fatalf("new round began at %d, want the hash's choice %d", i, home)
+	// Every upstream failed once: round again, from the hash's choice,
+	// counted as the rebind it is (not as a new session).
+	if i, res := ChooseIP(o, table, p, k, now, avail, tried, nil); i != home || res != ResultRebind {
+		t.Fatalf("new round began at %d (%v), want the hash's choice %d as a rebind", i, res, home)
 	}
 	// Nothing available at all: no upstream, and the session is kept.
 	table.Put(k, p.IDs[second], now)

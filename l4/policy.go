@@ -248,8 +248,8 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 		}
 	}
 	// caddy-l4 calls Select again while lb_try_duration allows, after a
-	// failed dial: an upstream that failed this connection is unavailable
-	// to it, and the client rebinds.
+	// failed dial: the upstreams that already failed this connection are
+	// passed over (see affinity.ChooseIP).
 	var tried []*l4proxy.Upstream
 	switch v := conn.GetVar(s.triedKey).(type) {
 	case *l4proxy.Upstream:
