@@ -16,6 +16,7 @@ import (
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
 	"github.com/caddy-affinity/caddy-affinity/cookie"
+	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
 	"github.com/caddy-affinity/caddy-affinity/ip"
 )
 
@@ -50,6 +51,7 @@ type IPAffinity struct {
 	static   []string // the parent's static upstreams, retained
 	pools    affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
 	logger   *zap.Logger
+	decide   decisionlog.Logger
 	now      func() time.Time
 	// triedKey names the request variable holding the upstreams earlier
 	// attempts of a request used, one per instance (a policy may be
@@ -68,8 +70,8 @@ func (*IPAffinity) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up s.
 func (s *IPAffinity) Provision(ctx caddy.Context) error {
-	s.logger = ctx.Logger()
-	s.triedKey = fmt.Sprintf("caddy_affinity.ip_affinity.tried.%p", s)
+	s.setLogger(ctx.Logger())
+	s.triedKey = affinity.VarKey(IPPolicyName)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -97,6 +99,10 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	s.pools.Build = func(addrs []string) *affinity.IPPool { return affinity.NewIPPool(IPPolicyName, addrs) }
 	s.pools.Drop = func(p *affinity.IPPool) { p.Release(IPPolicyName) }
 	return nil
+}
+
+func (s *IPAffinity) setLogger(l *zap.Logger) {
+	s.logger, s.decide = l, decisionlog.New(l)
 }
 
 // Validate checks s.
@@ -168,7 +174,7 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 		tried = nil // a new round of the pool began
 	}
 	rememberTried(vars, s.triedKey, tried, pool[i])
-	ip.LogDecision(s.logger, IPPolicyName, k, pool[i].Dial, res, s.Sessions() != nil)
+	ip.LogDecision(s.decide, IPPolicyName, k, func() string { return pool[i].Dial }, res, s.Sessions() != nil)
 	return pool[i]
 }
 

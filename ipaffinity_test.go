@@ -139,7 +139,7 @@ func BenchmarkIPSelect(b *testing.B) {
 		provision(b, ours)
 		// As in production at Caddy's default INFO level: the per-decision
 		// debug log is off (the test context logs everything).
-		ours.logger = zap.NewNop()
+		ours.setLogger(zap.NewNop())
 		policies := []struct {
 			name string
 			sel  reverseproxy.Selector
@@ -223,7 +223,7 @@ func TestIPSelectAllocations(t *testing.T) {
 	pool := testPool(16)
 	p := &IPAffinity{}
 	provision(t, p)
-	p.logger = zap.NewNop()
+	p.setLogger(zap.NewNop())
 	r := clientRequest("203.0.113.50", "203.0.113.50:4000")
 	vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 	n := testing.AllocsPerRun(200, func() {

@@ -95,12 +95,21 @@ func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 		}
 	}
 	h := k.Hash()
+	bounded := o.BalanceFactor > 0 && load != nil
+	if sessions == nil && !moved && !bounded && !AnyDraining() {
+		// The common case, a pure hash whose upstream is up, without the
+		// walk's indirect calls: the same result as the general path.
+		if i := p.Table.Lookup(h); i >= 0 && avail(i) {
+			p.Counters[i].Record(ResultHit, ReasonNone)
+			return i, ResultHit
+		}
+	}
 	accept := avail
 	if AnyDraining() {
 		accept = func(i int) bool { return avail(i) && !IsDraining(p.Addrs[i]) }
 	}
 	var i int
-	if o.BalanceFactor > 0 && load != nil {
+	if bounded {
 		i = p.Table.LookupBounded(h, o.BalanceFactor, load, accept)
 	} else {
 		i = p.Table.LookupFunc(h, accept)

@@ -2,7 +2,9 @@ package affinity
 
 import (
 	"sort"
+	"strconv"
 	"sync"
+	"sync/atomic"
 )
 
 // The registry lets the admin API and the metrics see every session table
@@ -87,4 +89,14 @@ func SessionsByUpstream() map[string]int {
 		}
 	})
 	return out
+}
+
+var instances atomic.Uint64
+
+// VarKey returns a request (or layer4 connection) variable name for the
+// per-request state of one policy instance, in the plugin's namespace of a
+// map the user's vars share: unique in the process, since one policy may be
+// another's fallback on the same request.
+func VarKey(policy string) string {
+	return "caddy_affinity." + policy + "#" + strconv.FormatUint(instances.Add(1), 10)
 }

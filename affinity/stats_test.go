@@ -360,3 +360,10 @@ func TestUpstreamNamesForgotten(t *testing.T) {
 		t.Fatal("nil Counters must read as zero")
 	}
 }
+
+func TestVarKeyUnique(t *testing.T) {
+	a, b := VarKey("ip_affinity"), VarKey("ip_affinity")
+	if a == b || !strings.HasPrefix(a, "caddy_affinity.ip_affinity#") {
+		t.Fatalf("VarKey gave %q and %q: want distinct caddy_affinity.ip_affinity#N names", a, b)
+	}
+}

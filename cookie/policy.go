@@ -20,9 +20,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/cespare/xxhash/v2"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
 )
 
 func init() {
@@ -137,6 +137,7 @@ type StickyCookie struct {
 	varKey    string
 	pools     affinity.PoolCache[*reverseproxy.Upstream, *poolState]
 	logger    *zap.Logger
+	decide    decisionlog.Logger
 	noHandler sync.Once
 	now       func() time.Time
 }
@@ -158,7 +159,7 @@ func (*StickyCookie) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up s.
 func (s *StickyCookie) Provision(ctx caddy.Context) error {
-	s.logger = ctx.Logger()
+	s.setLogger(ctx.Logger())
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -194,7 +195,7 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 		SameSite: s.SameSite,
 		HTTPOnly: s.HTTPOnly == nil || *s.HTTPOnly,
 	}
-	s.varKey = fmt.Sprintf("caddy_affinity.sticky_cookie.%p", s)
+	s.varKey = affinity.VarKey(PolicyName)
 
 	if s.FallbackRaw == nil {
 		s.FallbackRaw = caddyconfig.JSONModuleObject(reverseproxy.LeastConnSelection{}, "policy", "least_conn", nil)
@@ -691,15 +692,15 @@ func (st *reqState) routeToken() string {
 	}))
 }
 
+func (s *StickyCookie) setLogger(l *zap.Logger) {
+	s.logger, s.decide = l, decisionlog.New(l)
+}
+
 func (s *StickyCookie) logDecision(r *http.Request, upstream string, res affinity.Result, reason affinity.Reason, msg string) {
 	// A rebind is news when it re-issues the cookie (insert mode); in
 	// rewrite mode it repeats on every request until the backend sets its
 	// cookie again.
-	level := zapcore.DebugLevel
-	if res == affinity.ResultRebind && !s.rewrite && msg == "" {
-		level = zapcore.InfoLevel
-	}
-	c := s.logger.Check(level, "affinity decision")
+	c := s.decide.Check(res == affinity.ResultRebind && !s.rewrite && msg == "")
 	if c == nil {
 		return
 	}

@@ -66,7 +66,7 @@ func provisionIn(t testing.TB, ctx caddy.Context, s *StickyCookie) *StickyCookie
 	}
 	// Caddy's context without a config logs at debug level to stderr;
 	// the decisions would flood test output and benchmarks.
-	s.logger = zap.NewNop()
+	s.setLogger(zap.NewNop())
 	return s
 }
 

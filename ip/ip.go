@@ -16,10 +16,10 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
 )
 
 // Config holds the options both ip_affinity policies have. It is embedded
@@ -273,14 +273,11 @@ func (c *Config) ParseBlock(d *caddyfile.Dispenser, own func(d *caddyfile.Dispen
 // LogDecision logs one decision of an IP policy: at debug level, or at info
 // level for a rebind that changed a session table entry (without a table,
 // every request of a client whose upstream is down moves again, which is
-// not news). It costs nothing when the level is disabled.
-func LogDecision(logger *zap.Logger, policy string, client affinity.ClientKey, upstream string, res affinity.Result, table bool) {
-	level := zapcore.DebugLevel
-	if res == affinity.ResultRebind && table {
-		level = zapcore.InfoLevel
-	}
-	if c := logger.Check(level, "affinity decision"); c != nil {
+// not news). upstream is only called when the entry is written, so a
+// disabled level costs two branches.
+func LogDecision(d decisionlog.Logger, policy string, client affinity.ClientKey, upstream func() string, res affinity.Result, table bool) {
+	if c := d.Check(res == affinity.ResultRebind && table); c != nil {
 		c.Write(zap.String("policy", policy), zap.String("client", client.String()),
-			zap.String("upstream", upstream), zap.String("result", res.String()))
+			zap.String("upstream", upstream()), zap.String("result", res.String()))
 	}
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
 	"github.com/caddy-affinity/caddy-affinity/ip"
 )
 
@@ -55,6 +56,7 @@ type IPAffinity struct {
 	pools    affinity.PoolCache[*l4proxy.Upstream, *pool]
 	conns    *prometheus.GaugeVec
 	logger   *zap.Logger
+	decide   decisionlog.Logger
 	now      func() time.Time
 	// triedKey names the connection variable holding the upstreams earlier
 	// tries of a connection used, one per instance.
@@ -78,8 +80,8 @@ func (*IPAffinity) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up s.
 func (s *IPAffinity) Provision(ctx caddy.Context) error {
-	s.logger = ctx.Logger()
-	s.triedKey = fmt.Sprintf("caddy_affinity.layer4.ip_affinity.tried.%p", s)
+	s.setLogger(ctx.Logger())
+	s.triedKey = affinity.VarKey(PolicyName)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -280,8 +282,12 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	} else {
 		conn.SetVar(s.triedKey, append(tried, up[i]))
 	}
-	ip.LogDecision(s.logger, PolicyName, k, up[i].String(), res, s.Sessions() != nil)
+	ip.LogDecision(s.decide, PolicyName, k, up[i].String, res, s.Sessions() != nil)
 	return up[i]
+}
+
+func (s *IPAffinity) setLogger(l *zap.Logger) {
+	s.logger, s.decide = l, decisionlog.New(l)
 }
 
 func (s *IPAffinity) fallbackSelect(up l4proxy.UpstreamPool, conn *layer4.Connection) *l4proxy.Upstream {

@@ -46,7 +46,7 @@ func provisioned(t testing.TB, p *IPAffinity) *IPAffinity {
 	if err := p.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p.logger = zap.NewNop()
+	p.setLogger(zap.NewNop())
 	return p
 }
 

@@ -27,9 +27,11 @@ type benchCase struct {
 	// Policy is the case's part of the configuration: the lines inside
 	// reverse_proxy for Caddy, of the backend section for HAProxy.
 	Policy string
-	// Expect, if set, names the backend the single loopback client must
+	// Frontend is extra configuration of the case's HAProxy frontend.
+	Frontend string
+	// Expect, if set, gives the index of the backend a client address must
 	// reach, computed the way the policy hashes (for the IP cases).
-	Expect func(addrs []string) int
+	Expect func(addrs []string, ip string) int
 
 	addr    string   // listener, assigned at start
 	pid     int      // the proxy process serving it
@@ -56,13 +58,13 @@ func allCases() []*benchCase {
 		{ID: "sticky_rewrite", Name: "sticky_cookie rewrite", Server: "caddy", Kind: kindRewrite, Cookie: "name", Path: "/app",
 			Policy: "lb_policy sticky_cookie name {\n\t\t\tmode rewrite\n\t\t\tsecret " + secret + "\n\t\t}"},
 		{ID: "client_ip_hash", Name: "Caddy client_ip_hash", Server: "caddy", Kind: kindIP, Path: "/",
-			Policy: "lb_policy client_ip_hash", Expect: func(addrs []string) int { return rendezvous(addrs, "127.0.0.1") }},
+			Policy: "lb_policy client_ip_hash", Expect: rendezvous},
 		{ID: "ip_affinity", Name: "ip_affinity", Server: "caddy", Kind: kindIP, Path: "/",
-			Policy: "lb_policy ip_affinity", Expect: func(addrs []string) int { return tableIndex(addrs, "127.0.0.1") }},
+			Policy: "lb_policy ip_affinity", Expect: tableIndex},
 		{ID: "haproxy_cookie", Name: "HAProxy cookie insert", Server: "haproxy", Kind: kindInsert, Cookie: "SERVERID", Path: "/",
 			Policy: "balance roundrobin\n\tcookie SERVERID insert indirect nocache"},
 		{ID: "haproxy_source", Name: "HAProxy balance source", Server: "haproxy", Kind: kindIP, Path: "/",
-			Policy: "balance source\n\thash-type consistent"},
+			Policy: "balance source\n\thash-type consistent", Frontend: "http-request set-src hdr(x-forwarded-for) if { src 127.0.0.1 }"},
 	}
 }
 

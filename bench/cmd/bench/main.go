@@ -43,6 +43,7 @@ type config struct {
 	backends            int
 	cases               string
 	clients             int
+	addresses           int
 	quick               bool
 	pprof               bool
 	maxOther            float64
@@ -67,6 +68,7 @@ func main() {
 	flag.IntVar(&c.threads, "t", 1, "wrk threads")
 	flag.IntVar(&c.backends, "backends", 3, "number of backends")
 	flag.StringVar(&c.cases, "cases", "", "comma-separated case names to run (default all); targets needing a missing case show n/a")
+	flag.IntVar(&c.addresses, "addresses", 256, "client addresses wrk's requests name in X-Forwarded-For (the IP cases' clients)")
 	flag.IntVar(&c.clients, "clients", 1_000_000, "random IPv4 clients for the IP affinity distribution and disruption figures")
 	flag.BoolVar(&c.quick, "quick", false, "fast development run: 1 round x 2 s, no warm-up")
 	flag.Float64Var(&c.maxOther, "max-other", 20, "a run during which other processes use more than this % of the machine is repeated (0: never)")
@@ -77,8 +79,8 @@ func main() {
 	if c.quick {
 		c.rounds, c.duration, c.warmup = 1, 2*time.Second, 0
 	}
-	if c.rounds < 1 || c.duration <= 0 || c.connections < 1 || c.threads < 1 || c.backends < 2 {
-		fatalf("need -rounds >= 1, -duration > 0, -c >= 1, -t >= 1 and -backends >= 2")
+	if c.rounds < 1 || c.duration <= 0 || c.connections < 1 || c.addresses < 1 || c.threads < 1 || c.backends < 2 {
+		fatalf("need -rounds >= 1, -duration > 0, -c >= 1, -addresses >= 1, -t >= 1 and -backends >= 2")
 	}
 
 	// Children get SIGTERM through the context on Ctrl-C as well as at the end.
@@ -207,7 +209,7 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 	if err := os.WriteFile(script, stickyLua, 0o644); err != nil {
 		return err
 	}
-	w := wrkRunner{bin: c.wrk, script: script, threads: c.threads, connections: c.connections}
+	w := wrkRunner{bin: c.wrk, script: script, threads: c.threads, connections: c.connections, addresses: c.addresses}
 	meter := &cpuMeter{}
 	for _, p := range procs {
 		meter.pids = append(meter.pids, p.cmd.Process.Pid)

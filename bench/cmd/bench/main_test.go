@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +115,54 @@ func TestRoundOrder(t *testing.T) {
 	a, b := "client_ip_hash", "ip_affinity"
 	if after[[2]string{a, b}] == 0 || after[[2]string{a, b}] != after[[2]string{b, a}] {
 		t.Fatalf("%s then %s %d times, the other way %d times", a, b, after[[2]string{a, b}], after[[2]string{b, a}])
+	}
+}
+
+func TestMedianInterval(t *testing.T) {
+	seq := func(n int) []float64 {
+		x := make([]float64, n)
+		for i := range x {
+			x[i] = float64(n - i) // descending: the function must sort
+		}
+		return x
+	}
+	for _, tc := range []struct {
+		n                  int
+		med, lo, hi, cover float64
+	}{
+		{1, 1, 1, 1, 0},
+		{5, 3, 1, 5, 0.9375},       // too few for 95 %: the whole range, 1 - 2^-4
+		{9, 5, 2, 8, 0.9609},       // P(B(9,.5) <= 1) = 10/512
+		{15, 8, 4, 12, 0.9648},     // P(B(15,.5) <= 3) = 576/32768
+		{30, 15.5, 10, 21, 0.9572}, // P(B(30,.5) <= 9) = 0.0214
+	} {
+		med, lo, hi, cover := medianInterval(seq(tc.n), 0.95)
+		if med != tc.med || lo != tc.lo || hi != tc.hi || math.Abs(cover-tc.cover) > 0.001 {
+			t.Errorf("n=%d: median %v interval %v-%v (%.4f), want %v %v-%v (%.4f)", tc.n, med, lo, hi, cover, tc.med, tc.lo, tc.hi, tc.cover)
+		}
+	}
+	if m, l, h, c := medianInterval(nil, 0.95); m != 0 || l != 0 || h != 0 || c != 0 {
+		t.Errorf("empty: %v %v %v %v", m, l, h, c)
+	}
+}
+
+func TestJudge(t *testing.T) {
+	for _, tc := range []struct {
+		med, lo, hi, goal float64
+		atLeast           bool
+		want              verdict
+	}{
+		{1.02, 1.00, 1.05, 1.0, true, verdictPass},
+		{1.01, 0.98, 1.03, 1.0, true, verdictOpenMeets},
+		{0.99, 0.97, 1.02, 1.0, true, verdictOpenMisses},
+		{0.95, 0.93, 0.98, 1.0, true, verdictFail},
+		{1.05, 1.00, 1.10, 1.10, false, verdictPass},
+		{1.08, 1.05, 1.20, 1.10, false, verdictOpenMeets},
+		{1.12, 1.05, 1.20, 1.10, false, verdictOpenMisses},
+		{1.20, 1.15, 1.30, 1.10, false, verdictFail},
+	} {
+		if got := judge(tc.med, tc.lo, tc.hi, tc.goal, tc.atLeast); got != tc.want {
+			t.Errorf("judge(%v, %v-%v, goal %v, atLeast %v) = %v, want %v", tc.med, tc.lo, tc.hi, tc.goal, tc.atLeast, got, tc.want)
+		}
 	}
 }

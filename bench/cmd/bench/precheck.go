@@ -40,8 +40,19 @@ type reply struct {
 	seen      string // Cookie header the backend received (with ?echo)
 }
 
-func (c *checkClient) get(url string) (reply, error) {
-	resp, err := c.http.Get(url)
+func (c *checkClient) get(url string) (reply, error) { return c.getFrom(url, "") }
+
+// getFrom is get from the client address xff, sent in X-Forwarded-For as
+// wrk sends it ("" for none).
+func (c *checkClient) getFrom(url, xff string) (reply, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return reply{}, err
+	}
+	if xff != "" {
+		req.Header.Set("X-Forwarded-For", xff)
+	}
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return reply{}, err
 	}
@@ -107,27 +118,37 @@ func precheck(k *benchCase, bs *backends) error {
 		k.checked = fmt.Sprintf("%d clients x %d requests stuck, over %d backends", checkClients, checkRequests, len(seen))
 
 	case kindIP:
+		// The clients wrk simulates, by X-Forwarded-For from loopback.
 		c := newCheckClient()
-		want := ""
+		for a := 1; a <= checkClients; a++ {
+			ip := fmt.Sprintf("10.0.0.%d", a)
+			want := ""
+			if k.Expect != nil {
+				want = bs.names[k.Expect(bs.addrs(), ip)]
+			}
+			first := ""
+			for range checkRequests {
+				r, err := c.getFrom(url, ip)
+				if err != nil {
+					return err
+				}
+				if want != "" && r.backend != want {
+					return fmt.Errorf("client %s reached %s, the policy's hash says %s", ip, r.backend, want)
+				}
+				if first == "" {
+					first = r.backend
+				} else if r.backend != first {
+					return fmt.Errorf("client %s moved from %s to %s", ip, first, r.backend)
+				}
+			}
+			seen[first]++
+		}
+		if len(seen) < 2 {
+			return fmt.Errorf("%d client addresses all went to %v: X-Forwarded-For not trusted, or not hashing", checkClients, seen)
+		}
+		k.checked = fmt.Sprintf("%d clients (X-Forwarded-For) x %d requests stuck, over %d backends", checkClients, checkRequests, len(seen))
 		if k.Expect != nil {
-			want = bs.names[k.Expect(bs.addrs())]
-		}
-		for range checkClients {
-			r, err := c.get(url)
-			if err != nil {
-				return err
-			}
-			seen[r.backend]++
-			if want != "" && r.backend != want {
-				return fmt.Errorf("127.0.0.1 reached %s, the policy's hash says %s", r.backend, want)
-			}
-		}
-		if len(seen) != 1 {
-			return fmt.Errorf("one client address reached %v", seen)
-		}
-		k.checked = fmt.Sprintf("%d requests from 127.0.0.1 on one backend", checkClients)
-		if want != "" {
-			k.checked += ", the one its hash predicts"
+			k.checked += ", each on the backend its hash predicts"
 		}
 	}
 	return nil

@@ -157,21 +157,66 @@ func (r *results) wrkErrors() []string {
 type target struct {
 	Goal     string
 	Measured string
-	Pass     bool
-	NA       bool
+	Verdict  verdict
 }
 
-func (t target) verdict() string {
-	switch {
-	case t.NA:
-		return "n/a"
-	case t.Pass:
+// verdict says how a target's measurements stand against it.
+type verdict int
+
+const (
+	verdictNA         verdict = iota // a case it needs was not run
+	verdictPass                      // the whole 95 % interval meets the goal
+	verdictOpenMeets                 // the interval straddles the goal; the median meets it
+	verdictOpenMisses                // the interval straddles the goal; the median misses it
+	verdictFail                      // the whole 95 % interval misses the goal
+)
+
+func (v verdict) String() string {
+	switch v {
+	case verdictPass:
 		return "PASS"
+	case verdictOpenMeets:
+		return "not resolved, median meets"
+	case verdictOpenMisses:
+		return "not resolved, median misses"
+	case verdictFail:
+		return "FAIL"
 	}
-	return "FAIL"
+	return "n/a"
 }
 
-// targets evaluates the issue's goals against this run's medians.
+// judge gives the verdict of a ratio's median and 95 % interval against a
+// goal: at least goal if atLeast, else at most goal. Only an interval wholly
+// on one side of the goal settles it.
+func judge(med, lo, hi, goal float64, atLeast bool) verdict {
+	meets := func(x float64) bool { return atLeast && x >= goal || !atLeast && x <= goal }
+	switch {
+	case meets(lo) && meets(hi):
+		return verdictPass
+	case !meets(lo) && !meets(hi):
+		return verdictFail
+	case meets(med):
+		return verdictOpenMeets
+	}
+	return verdictOpenMisses
+}
+
+// describe formats per-round ratios x for the targets table and judges
+// them against goal.
+func describe(x []float64, goal float64, atLeast bool) (string, verdict) {
+	med, lo, hi, cover := medianInterval(x, 0.95)
+	return fmt.Sprintf("%.3fx (%s %.3f-%.3f, %d rounds)", med, intervalName(cover), lo, hi, len(x)), judge(med, lo, hi, goal, atLeast)
+}
+
+// intervalName names an interval of the median by its coverage.
+func intervalName(cover float64) string {
+	if cover >= 0.95 {
+		return "95 % interval"
+	}
+	return fmt.Sprintf("range, a %.0f %% interval", 100*cover)
+}
+
+// targets evaluates the issue's goals against this run.
 func (r *results) targets() []target {
 	base := caseByID(r.cases, baselineID)
 	var out []target
@@ -179,21 +224,24 @@ func (r *results) targets() []target {
 		k, vs := caseByID(r.cases, id), caseByID(r.cases, vsID)
 		goal := fmt.Sprintf("%s req/s >= %.2fx %s", nameOr(k, id), min, nameOr(vs, vsID))
 		if k == nil || vs == nil || vs.stats().RPS == 0 {
-			out = append(out, target{Goal: goal, NA: true})
+			out = append(out, target{Goal: goal})
 			return
 		}
-		pr := paired(k, vs, func(s sample) float64 { return s.RPS })
-		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.3fx (rounds %.3f-%.3f)", pr.Median, pr.Min, pr.Max), Pass: pr.Median >= min})
+		t := target{Goal: goal}
+		t.Measured, t.Verdict = describe(pairedRatios(k, vs, func(s sample) float64 { return s.RPS }), min, true)
+		out = append(out, t)
 	}
 	p99 := func(id string) {
 		k := caseByID(r.cases, id)
 		goal := fmt.Sprintf("%s p99 <= 1.10x %s p99", nameOr(k, id), nameOr(base, baselineID))
 		if k == nil || base == nil || base.stats().P99 == 0 {
-			out = append(out, target{Goal: goal, NA: true})
+			out = append(out, target{Goal: goal})
 			return
 		}
-		pr := paired(k, base, func(s sample) float64 { return float64(s.P99) })
-		out = append(out, target{Goal: goal, Measured: fmt.Sprintf("%.3fx (%.2f vs %.2f ms; rounds %.3f-%.3f)", pr.Median, ms(k.stats().P99), ms(base.stats().P99), pr.Min, pr.Max), Pass: pr.Median <= 1.10})
+		t := target{Goal: goal}
+		t.Measured, t.Verdict = describe(pairedRatios(k, base, func(s sample) float64 { return float64(s.P99) }), 1.10, false)
+		t.Measured = fmt.Sprintf("%.2f vs %.2f ms; %s", ms(k.stats().P99), ms(base.stats().P99), t.Measured)
+		out = append(out, t)
 	}
 	ratio("sticky_insert", baselineID, 0.97)
 	ratio("sticky_insert", "cookie", 1.0)
@@ -202,12 +250,15 @@ func (r *results) targets() []target {
 	ratio("ip_affinity", "client_ip_hash", 1.0)
 	p99("ip_affinity")
 	mib := float64(r.mem.IPv4) / (1 << 20)
-	out = append(out, target{
+	mem := target{
 		Goal:     "1M-entry session table <= 64 MiB",
 		Measured: fmt.Sprintf("%.1f MiB (IPv4), %.1f MiB (IPv6)", mib, float64(r.mem.IPv6)/(1<<20)),
-		Pass:     max(r.mem.IPv4, r.mem.IPv6) <= r.mem.LimitBytes,
-	})
-	return out
+		Verdict:  verdictFail,
+	}
+	if max(r.mem.IPv4, r.mem.IPv6) <= r.mem.LimitBytes {
+		mem.Verdict = verdictPass
+	}
+	return append(out, mem)
 }
 
 func nameOr(k *benchCase, id string) string {
@@ -239,16 +290,22 @@ type pairRatios struct {
 // machine that slows down or speeds up over the run (as shared ones do)
 // moves both sides alike. The median of those ratios is the comparison.
 func paired(k, vs *benchCase, f func(sample) float64) pairRatios {
+	x := pairedRatios(k, vs, f)
+	if len(x) == 0 {
+		return pairRatios{}
+	}
+	return pairRatios{Median: median(x), Min: slices.Min(x), Max: slices.Max(x)}
+}
+
+// pairedRatios returns f(k)/f(vs) for every round both ran.
+func pairedRatios(k, vs *benchCase, f func(sample) float64) []float64 {
 	var x []float64
 	for i := range min(len(k.samples), len(vs.samples)) {
 		if d := f(vs.samples[i]); d > 0 {
 			x = append(x, f(k.samples[i])/d)
 		}
 	}
-	if len(x) == 0 {
-		return pairRatios{}
-	}
-	return pairRatios{Median: median(x), Min: slices.Min(x), Max: slices.Max(x)}
+	return x
 }
 
 // printSummary writes the compact table to w.
@@ -263,7 +320,7 @@ func printSummary(w io.Writer, r *results) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	for _, t := range r.targets() {
-		fmt.Fprintf(w, "%-4s  %s: %s\n", t.verdict(), t.Goal, t.Measured)
+		fmt.Fprintf(w, "%-12s  %s: %s\n", t.Verdict, t.Goal, t.Measured)
 	}
 	fmt.Fprintf(w, "\nIP affinity, %d clients over %d upstreams: max deviation from a fair share %.2f %% (table; its slots %.2f %%), %.2f %% (Caddy rendezvous)\n",
 		r.ip.Clients, r.ip.Upstreams, maxDeviation(r.ip.Table, r.ip.Clients), maxDeviation(r.ip.Slots, sum(r.ip.Slots)), maxDeviation(r.ip.Rendezvous, r.ip.Clients))
@@ -352,13 +409,17 @@ func markdown(r *results) string {
 		"%d rounds, after a %v warm-up per case; the tables give each case's median over the rounds. "+
 		"Ratios are paired by round: each is the median over the rounds of the case's figure divided by the other case's in the same round "+
 		"(to the baseline, Caddy `round_robin`, unless the target names another case), so that a machine that drifts during the run moves both sides alike; "+
-		"the targets also give the lowest and highest of those per-round ratios.\n\n",
+		"the targets give each such ratio with a 95 %% confidence interval.\n\n",
 		c.backends, c.threads, c.connections, int(c.duration/time.Second), c.rounds, c.warmup)
 	p("Cookie cases measure the steady state: the wrk script (bench/cmd/bench/sticky.lua, the same for every case) keeps the first %d cookies "+
 		"it is given as %d simulated clients and then sends every request with one of them in turn. Before measuring, each case is pre-checked with "+
 		"Go's HTTP client: cookie cases must set their cookie and keep a client on one backend while new clients spread; rewrite mode must hand the "+
-		"backend its own cookie back; HAProxy's `indirect` must hide its cookie from the backend; IP cases must keep the one loopback address on "+
-		"the backend their hash predicts (for Caddy's; HAProxy's is only checked to stick). All wrk connections come from 127.0.0.1, so the IP cases send everything to one backend.\n\n"+
+		"backend its own cookie back; HAProxy's `indirect` must hide its cookie from the backend; IP cases must keep each of 12 client addresses (in `X-Forwarded-For`, as wrk sends them) "+
+		"on one backend, over more than one backend, and Caddy's on the backend their hash predicts.\n\n"+
+		"Every request names its client in `X-Forwarded-For`, which Caddy (`trusted_proxies static 127.0.0.1/32`, for every Caddy case) and HAProxy "+
+		"(`http-request set-src hdr(x-forwarded-for)` in the balance source case) trust from loopback: wrk's requests take %d client addresses in turn "+
+		"(each simulated cookie client keeps one), so the IP cases see many clients spread over the backends, as in production, not the one address wrk connects from. "+
+		"Every Caddy case pays for reading the header; of the HAProxy cases only balance source does.\n\n"+
 		"All of this shares %d CPUs: wrk, Caddy or HAProxy, and the backends. The load-balancing decision is a small part of a proxied "+
 		"request's cost (see a CPU profile with `-pprof`), so differences of a few percent between the Caddy cases are close to the noise; "+
 		"*proxy CPU per request* is the CPU time (user and system) of the Caddy or HAProxy process divided by the requests it served, "+
@@ -366,7 +427,7 @@ func markdown(r *results) string {
 		"*other CPU* is the median share of the machine (all CPUs) that processes other than the benchmark's used during the case's runs: "+
 		"when it is high, the machine was busy and that case's figures are less trustworthy. %s"+
 		"The raw samples of every round are in `docs/results/raw/bench.json` (not committed).\n\n",
-		c.connections, c.connections, r.env.CPUs, maxOtherNote(c))
+		c.connections, c.connections, c.addresses, r.env.CPUs, maxOtherNote(c))
 
 	p("## Throughput and latency\n\n")
 	p("| case | configuration | req/s | p50 ms | p99 ms | req/s vs baseline | p99 vs baseline | req/s range over rounds | proxy CPU per request | other CPU |\n")
@@ -393,11 +454,16 @@ func markdown(r *results) string {
 		}
 	}
 
-	p("## Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
+	p("## Targets\n\n")
+	p("Each ratio is the median of the per-round ratios (paired by round, as in the first table) with a distribution-free 95 %% confidence interval of that median " +
+		"(order statistics of the per-round ratios; it assumes only that rounds are independent). " +
+		"**PASS** or **FAIL** when the whole interval meets or misses the goal; **not resolved** when the interval straddles it, with where the median falls: " +
+		"this run cannot tell which side of the goal the case is on.\n\n")
+	p("| target | measured | verdict |\n|---|---|---|\n")
 	for _, t := range r.targets() {
-		p("| %s | %s | **%s** |\n", t.Goal, t.Measured, t.verdict())
+		p("| %s | %s | **%s** |\n", t.Goal, t.Measured, t.Verdict)
 	}
-	p("\nThe machine is shared and small; a ratio within a few percent of its target can go either way between runs. " +
+	p("\nThe machine is shared and small; a ratio within a few percent of its target can go either way between runs in turn. " +
 		"The req/s range column shows the spread between rounds.\n\n")
 
 	p("## IP affinity: distribution and disruption\n\n")
@@ -457,4 +523,40 @@ func maxOtherNote(c config) string {
 	}
 	return fmt.Sprintf("Each run waited up to %v for other processes to use at most %.0f %% of the machine, and a run during which they used more "+
 		"was repeated up to %d times, keeping the quietest attempt (-max-other, -retries, -quiet-wait). ", c.quietWait, c.maxOther, c.retries)
+}
+
+// medianInterval returns the median of x and a distribution-free
+// confidence interval for it: the k-th smallest and k-th largest values,
+// with k the largest for which the binomial tails leave a coverage of at
+// least level (0.95, say), and that coverage. It assumes nothing about how
+// the rounds' noise is distributed, only that rounds are independent. With
+// too few values for the level, the interval is the whole range and its
+// coverage is less than level (1 - 2^(1-n)).
+func medianInterval(x []float64, level float64) (med, lo, hi, cover float64) {
+	if len(x) == 0 {
+		return 0, 0, 0, 0
+	}
+	s := slices.Clone(x)
+	slices.Sort(s)
+	n := len(s)
+	med = median(s)
+	// [x(j), x(n+1-j)] misses the median with probability 2·P(B(n, 1/2) < j).
+	coverage := func(j int) float64 { return 1 - 2*binomCDF(n, j-1) }
+	k := 1
+	for j := 2; j <= n/2 && coverage(j) >= level; j++ {
+		k = j
+	}
+	return med, s[k-1], s[n-k], coverage(k)
+}
+
+// binomCDF is P(Binomial(n, 1/2) <= j).
+func binomCDF(n, j int) float64 {
+	p := 0.0
+	lg, _ := math.Lgamma(float64(n + 1))
+	for i := 0; i <= j; i++ {
+		li, _ := math.Lgamma(float64(i + 1))
+		lni, _ := math.Lgamma(float64(n - i + 1))
+		p += math.Exp(lg - li - lni - float64(n)*math.Ln2)
+	}
+	return p
 }

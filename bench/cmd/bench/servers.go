@@ -166,7 +166,8 @@ func (p *proc) tail(n int) string {
 }
 
 // caddyfile renders one Caddy with a site per case. Logging is at ERROR so
-// that it does not weigh on the measurement.
+// that it does not weigh on the measurement. Caddy trusts X-Forwarded-For
+// from loopback (wrk), so client_ip is the header's address for every case.
 func caddyfile(admin, storage string, cases []*benchCase, upstreams []string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `{
@@ -175,6 +176,9 @@ func caddyfile(admin, storage string, cases []*benchCase, upstreams []string) st
 	auto_https off
 	persist_config off
 	default_bind 127.0.0.1
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
 	log {
 		level ERROR
 	}
@@ -253,7 +257,11 @@ defaults
 	timeout server 30s
 `)
 	for i, k := range cases {
-		fmt.Fprintf(&b, "\n# %s\nfrontend fe%d\n\tbind %s\n\tdefault_backend be%d\n\nbackend be%d\n\t%s\n", k.Name, i, k.addr, i, i, k.Policy)
+		fe := ""
+		if k.Frontend != "" {
+			fe = "\t" + k.Frontend + "\n"
+		}
+		fmt.Fprintf(&b, "\n# %s\nfrontend fe%d\n\tbind %s\n%s\tdefault_backend be%d\n\nbackend be%d\n\t%s\n", k.Name, i, k.addr, fe, i, i, k.Policy)
 		for j, a := range bs.addrs() {
 			cookie := ""
 			if k.Cookie != "" {

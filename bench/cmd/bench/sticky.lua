@@ -8,13 +8,26 @@
 -- so each client is balanced afresh exactly once, like a browser's first
 -- visit. Cases without a cookie pass an empty name and never fill the pool.
 --
--- Arguments (after --): <cookie name> <pool size> <path>
+-- Every request also names its client in X-Forwarded-For, which the proxy
+-- trusts from loopback (all Caddy cases, HAProxy's balance source case):
+-- until the pool is full (and for ever in cases
+-- without a cookie) the requests take <addresses> client addresses in
+-- turn, 10.0.0.1 onwards; each simulated cookie client keeps one. So the
+-- IP cases see many clients spread over the backends, as in production,
+-- not the one loopback address wrk connects from.
+--
+-- Arguments (after --): <cookie name> <pool size> <path> <addresses>
 -- done() prints one machine-readable line starting with "BENCH".
 
 local name, prefix, size, path
-local plain      -- the request without a cookie
-local pool = {}  -- one formatted request per simulated client
-local n, i = 0, 0
+local plain = {} -- the requests without a cookie, one per client address
+local pool = {}  -- one formatted request per simulated cookie client
+local n, i, j = 0, 0, 0
+
+-- xff is the a-th client address (a >= 1).
+local function xff(a)
+	return string.format("10.%d.%d.%d", math.floor(a / 65536) % 256, math.floor(a / 256) % 256, a % 256)
+end
 
 -- Thread globals read by done() through thread:get.
 responses = 0
@@ -25,12 +38,15 @@ function init(args)
 	prefix = name .. "="
 	size = tonumber(args[2]) or 32
 	path = args[3] or "/"
-	plain = wrk.format("GET", path)
+	for a = 1, tonumber(args[4]) or 256 do
+		plain[a] = wrk.format("GET", path, { ["X-Forwarded-For"] = xff(a) })
+	end
 end
 
 function request()
 	if n < size then
-		return plain
+		j = j % #plain + 1
+		return plain[j]
 	end
 	i = i % n + 1
 	return pool[i]
@@ -52,7 +68,7 @@ function response(status, headers, body)
 		return
 	end
 	n = n + 1
-	pool[n] = wrk.format("GET", path, { Cookie = sc:match("^[^;]*") })
+	pool[n] = wrk.format("GET", path, { Cookie = sc:match("^[^;]*"), ["X-Forwarded-For"] = xff(n) })
 end
 
 local threads = {}

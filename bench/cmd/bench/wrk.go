@@ -40,6 +40,7 @@ type sample struct {
 type wrkRunner struct {
 	bin, script          string
 	threads, connections int
+	addresses            int // client addresses in X-Forwarded-For
 }
 
 func (w wrkRunner) run(ctx context.Context, k *benchCase, d time.Duration) (sample, error) {
@@ -49,7 +50,7 @@ func (w wrkRunner) run(ctx context.Context, k *benchCase, d time.Duration) (samp
 		"-t", strconv.Itoa(w.threads), "-c", strconv.Itoa(w.connections),
 		"-d", strconv.Itoa(secs) + "s", "--timeout", "5s",
 		"-s", w.script, "http://" + k.addr + k.Path,
-		"--", k.Cookie, strconv.Itoa(w.connections), k.Path,
+		"--", k.Cookie, strconv.Itoa(w.connections), k.Path, strconv.Itoa(w.addresses),
 	}
 	cmd := exec.CommandContext(ctx, w.bin, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
