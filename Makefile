@@ -40,7 +40,7 @@ unit:
 	$(GO) test -race -count=1 ./affinity/... ./cookie/... ./caddyfile/...
 
 ## bench: wrk on loopback against Caddy's policies, the plugin's and HAProxy;
-## writes docs/results.md and its plots (about 8 minutes; BENCH_FLAGS=-quick for about one)
+## writes docs/results.md and its plots (about 13 minutes; BENCH_FLAGS=-quick for about one)
 bench: $(CADDY)
 	@./scripts/install-deps.sh --bench
 	cd bench && $(GO) run ./cmd/bench -caddy $(AFFINITY_CADDY) -out ../docs $(BENCH_FLAGS)

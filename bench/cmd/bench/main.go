@@ -61,7 +61,7 @@ func main() {
 	flag.StringVar(&c.haproxy, "haproxy", "/usr/sbin/haproxy", "HAProxy binary")
 	flag.StringVar(&c.wrk, "wrk", "/usr/bin/wrk", "wrk binary")
 	flag.StringVar(&c.out, "out", "../docs", "directory for results.md and the PNG plots")
-	flag.IntVar(&c.rounds, "rounds", 9, "rounds; each runs every case once, and each case reports its median")
+	flag.IntVar(&c.rounds, "rounds", 15, "rounds; each runs every case once, and each case reports its median")
 	flag.DurationVar(&c.duration, "duration", 5*time.Second, "wrk run per case and round")
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured wrk run per case before the first round, whole seconds (0 for none)")
 	flag.IntVar(&c.connections, "c", 32, "wrk connections (and simulated cookie clients)")
