@@ -164,6 +164,39 @@ func BenchmarkIPSelect(b *testing.B) {
 	}
 }
 
+// BenchmarkIPSelectParallel is BenchmarkIPSelect at 3 upstreams on every
+// CPU at once, as a loaded server runs it: what is shared between requests
+// (the decision counters) costs here and not in the serial benchmark.
+func BenchmarkIPSelectParallel(b *testing.B) {
+	pool := testPool(3)
+	ours := &IPAffinity{}
+	provision(b, ours)
+	ours.setLogger(zap.NewNop())
+	for _, p := range []struct {
+		name string
+		sel  reverseproxy.Selector
+	}{{"ip_affinity", ours}, {"caddy_client_ip_hash", reverseproxy.ClientIPHashSelection{}}} {
+		b.Run("policy="+p.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				// Requests are not shared between goroutines: each has its own.
+				reqs := make([]*http.Request, 256)
+				for i := range reqs {
+					ip := fmt.Sprintf("10.0.0.%d", i)
+					reqs[i] = clientRequest(ip, ip+":40000")
+				}
+				for i := 0; pb.Next(); i++ {
+					r := reqs[i&255]
+					delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), ours.triedKey)
+					if p.sel.Select(pool, r, nil) == nil {
+						b.Fatal("no upstream")
+					}
+				}
+			})
+		})
+	}
+}
+
 // Dynamic upstreams are new objects on every attempt: a retry must still
 // move off the upstream that failed, by its address.
 func TestIPAffinityRetryDynamicUpstreams(t *testing.T) {
