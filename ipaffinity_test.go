@@ -124,73 +124,78 @@ func TestIPAffinityUnparsableClientUsesFallback(t *testing.T) {
 	}
 }
 
+// selector is a policy under benchmark.
+type selector struct {
+	name string
+	sel  reverseproxy.Selector
+}
+
+// benchSelectors returns ip_affinity, provisioned as in production at
+// Caddy's default INFO level (the per-decision debug log off; the test
+// context logs everything), beside Caddy's IP policies.
+func benchSelectors(b *testing.B) (*IPAffinity, []selector) {
+	ours := &IPAffinity{}
+	provision(b, ours)
+	ours.setLogger(zap.NewNop())
+	return ours, []selector{
+		{"ip_affinity", ours},
+		{"caddy_ip_hash", reverseproxy.IPHashSelection{}},
+		{"caddy_client_ip_hash", reverseproxy.ClientIPHashSelection{}},
+	}
+}
+
+// benchRequests returns n requests, from clients ip(0) to ip(n-1).
+func benchRequests(n int, ip func(i int) string) []*http.Request {
+	reqs := make([]*http.Request, n)
+	for i := range reqs {
+		reqs[i] = clientRequest(ip(i), ip(i)+":40000")
+	}
+	return reqs
+}
+
+// selectFresh selects for r as for a new request, as far as retries go.
+func selectFresh(b *testing.B, ours *IPAffinity, s reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request) {
+	delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), ours.triedKey)
+	if s.Select(pool, r, nil) == nil {
+		b.Fatal("no upstream")
+	}
+}
+
 // BenchmarkIPSelect compares ip_affinity with Caddy's ip_hash and
 // client_ip_hash in one run. Each iteration serves the next of 1024
 // clients, each its own request.
 func BenchmarkIPSelect(b *testing.B) {
 	for _, n := range []int{4, 16, 64} {
 		pool := testPool(n)
-		reqs := make([]*http.Request, 1024)
-		for i := range reqs {
-			ip := fmt.Sprintf("172.%d.%d.%d", 16+i%16, i/16%256, i%251+1)
-			reqs[i] = clientRequest(ip, ip+":40000")
-		}
-		ours := &IPAffinity{}
-		provision(b, ours)
-		// As in production at Caddy's default INFO level: the per-decision
-		// debug log is off (the test context logs everything).
-		ours.setLogger(zap.NewNop())
-		policies := []struct {
-			name string
-			sel  reverseproxy.Selector
-		}{
-			{"ip_affinity", ours},
-			{"caddy_ip_hash", reverseproxy.IPHashSelection{}},
-			{"caddy_client_ip_hash", reverseproxy.ClientIPHashSelection{}},
-		}
+		reqs := benchRequests(1024, func(i int) string { return fmt.Sprintf("172.%d.%d.%d", 16+i%16, i/16%256, i%251+1) })
+		ours, policies := benchSelectors(b)
 		for _, p := range policies {
 			b.Run(fmt.Sprintf("upstreams=%d/policy=%s", n, p.name), func(b *testing.B) {
 				b.ReportAllocs()
 				for i := 0; b.Loop(); i++ {
-					r := reqs[i&1023]
-					// A new request each time, as far as retries go.
-					delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), ours.triedKey)
-					if p.sel.Select(pool, r, nil) == nil {
-						b.Fatal("no upstream")
-					}
+					selectFresh(b, ours, p.sel, pool, reqs[i&1023])
 				}
 			})
 		}
 	}
 }
 
+func lanIP(i int) string { return fmt.Sprintf("10.0.%d.%d", i/256, i%256) }
+
 // BenchmarkIPSelectParallel is BenchmarkIPSelect at 3 upstreams on every
 // CPU at once, as a loaded server runs it: what is shared between requests
 // (the decision counters) costs here and not in the serial benchmark.
 func BenchmarkIPSelectParallel(b *testing.B) {
 	pool := testPool(3)
-	ours := &IPAffinity{}
-	provision(b, ours)
-	ours.setLogger(zap.NewNop())
-	for _, p := range []struct {
-		name string
-		sel  reverseproxy.Selector
-	}{{"ip_affinity", ours}, {"caddy_client_ip_hash", reverseproxy.ClientIPHashSelection{}}} {
+	ours, policies := benchSelectors(b)
+	for _, p := range policies {
 		b.Run("policy="+p.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				// Requests are not shared between goroutines: each has its own.
-				reqs := make([]*http.Request, 256)
-				for i := range reqs {
-					ip := fmt.Sprintf("10.0.0.%d", i)
-					reqs[i] = clientRequest(ip, ip+":40000")
-				}
+				reqs := benchRequests(256, lanIP)
 				for i := 0; pb.Next(); i++ {
-					r := reqs[i&255]
-					delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), ours.triedKey)
-					if p.sel.Select(pool, r, nil) == nil {
-						b.Fatal("no upstream")
-					}
+					selectFresh(b, ours, p.sel, pool, reqs[i&255])
 				}
 			})
 		})
@@ -204,19 +209,10 @@ func BenchmarkIPSelectParallel(b *testing.B) {
 // timing nothing).
 func BenchmarkIPSelectColdCache(b *testing.B) {
 	pool := testPool(3)
-	ours := &IPAffinity{}
-	provision(b, ours)
-	ours.setLogger(zap.NewNop())
-	reqs := make([]*http.Request, 256)
-	for i := range reqs {
-		ip := fmt.Sprintf("10.0.0.%d", i)
-		reqs[i] = clientRequest(ip, ip+":40000")
-	}
+	ours, policies := benchSelectors(b)
+	reqs := benchRequests(256, lanIP)
 	junk := make([]byte, 2<<20)
-	for _, p := range []struct {
-		name string
-		sel  reverseproxy.Selector
-	}{{"none", nil}, {"ip_affinity", ours}, {"caddy_client_ip_hash", reverseproxy.ClientIPHashSelection{}}} {
+	for _, p := range append([]selector{{"none", nil}}, policies...) {
 		b.Run("policy="+p.name, func(b *testing.B) {
 			var spent time.Duration
 			n := 0
@@ -225,10 +221,9 @@ func BenchmarkIPSelectColdCache(b *testing.B) {
 					junk[j]++
 				}
 				r := reqs[i&255]
-				delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), ours.triedKey)
 				start := time.Now()
-				if p.sel != nil && p.sel.Select(pool, r, nil) == nil {
-					b.Fatal("no upstream")
+				if p.sel != nil {
+					selectFresh(b, ours, p.sel, pool, r)
 				}
 				spent += time.Since(start)
 				n++
