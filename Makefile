@@ -1,6 +1,9 @@
 # caddy-affinity: `make demo` and `make test` are the quick start.
 GO      ?= go
 CADDY   := bin/caddy
+# make bench's Caddy: bin/caddy plus bench/selecttimer, which times each
+# policy's selections inside the loaded server.
+BENCH_CADDY := bin/caddy-bench
 SOURCES := $(shell find . -name '*.go' -not -path './bin/*' -not -path './bench/*') go.mod go.sum
 
 # The integration tests, the demo and the benchmarks share one Caddy build.
@@ -19,6 +22,9 @@ test: $(CADDY) deps vet fmt-check
 	@# Allocation counts are meaningless under -race: their tests run without it.
 	$(GO) test -count=1 -run 'Allocations$$' . ./affinity/ ./cookie/
 	$(GO) test -race -count=1 -timeout 20m ./...
+	@# The benchmark's own code is two more modules.
+	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd bench/selecttimer && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
 ## caddy: build bin/caddy through xcaddy's Go package
 caddy: $(CADDY)
@@ -41,9 +47,12 @@ unit:
 
 ## bench: wrk on loopback against Caddy's policies, the plugin's and HAProxy;
 ## writes docs/results.md and its plots (about 13 minutes; BENCH_FLAGS=-quick for about one)
-bench: $(CADDY)
+bench: $(BENCH_CADDY)
 	@./scripts/install-deps.sh --bench
-	cd bench && $(GO) run ./cmd/bench -caddy $(AFFINITY_CADDY) -out ../docs $(BENCH_FLAGS)
+	cd bench && $(GO) run ./cmd/bench -caddy $(CURDIR)/$(BENCH_CADDY) -out ../docs $(BENCH_FLAGS)
+
+$(BENCH_CADDY): $(SOURCES) $(wildcard bench/selecttimer/*.go) bench/selecttimer/go.mod
+	$(GO) run ./integration/buildcaddy -selecttimer -o $(BENCH_CADDY)
 
 ## bench-go: the selection benchmarks beside Caddy's and caddy-l4's policies, as ratios
 bench-go:

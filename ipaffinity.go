@@ -47,16 +47,21 @@ type IPAffinity struct {
 	// warning, logged once) for a client address that is not an IP.
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
-	fallback reverseproxy.Selector
-	static   []string // the parent's static upstreams, retained
-	pools    affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
-	logger   *zap.Logger
-	decide   decisionlog.Logger
-	now      func() time.Time
+	// What every request reads, together: in a busy server each cache
+	// line a selection touches is likely a miss.
+	remote bool // Source is remote
+	plain  bool // a pure hash: no session table, no bounded loads
 	// triedKey names the request variable holding the upstreams earlier
 	// attempts of a request used, one per instance (a policy may be
 	// another's fallback).
 	triedKey string
+	decide   decisionlog.Logger
+	pools    affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
+
+	fallback reverseproxy.Selector
+	static   []string // the parent's static upstreams, retained
+	logger   *zap.Logger
+	now      func() time.Time
 	noIPOnce sync.Once
 }
 
@@ -84,6 +89,8 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	if err := s.Config.Provision(ctx, IPPolicyName, ""); err != nil {
 		return err
 	}
+	s.remote = s.Source == "remote"
+	s.plain = s.Sessions() == nil && s.BalanceFactor == 0
 	if s.FallbackRaw != nil {
 		mod, err := ctx.LoadModule(s, "FallbackRaw")
 		if err != nil {
@@ -131,6 +138,53 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	// One lookup of the vars map serves the client IP and the retry state:
 	// walking the request's context chain is the costliest step here.
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if s.plain && !affinity.AnyDraining() {
+		if u := s.selectHash(pool, r, vars); u != nil {
+			return u
+		}
+	}
+	return s.selectFull(pool, r, w, vars)
+}
+
+// selectHash is the common case, a pure hash on a request's first attempt
+// whose upstream is available, in as few instructions and cache lines as
+// it takes: in a loaded Caddy this selection measured slower than
+// client_ip_hash's until it was (make bench times both inside Caddy). It
+// gives what selectFull would, and nil to leave anything else to it.
+func (s *IPAffinity) selectHash(pool reverseproxy.UpstreamPool, r *http.Request, vars map[string]any) *reverseproxy.Upstream {
+	if _, retry := vars[s.triedKey]; retry {
+		return nil
+	}
+	addr, ok := affinity.ParseHostAddr(s.clientAddr(r, vars))
+	if !ok {
+		return nil
+	}
+	h := affinity.HashAddr(addr, s.IPv4Prefix, s.IPv6Prefix)
+	p := s.pools.Get(pool)
+	i, ok := p.LookupDirect(h)
+	if !ok {
+		i = p.Table.Lookup(h)
+	}
+	if i < 0 {
+		return nil
+	}
+	u := pool[i]
+	if !u.Available() || p.Stale(i, u.Dial) {
+		return nil
+	}
+	p.Counters[i].Record(affinity.ResultHit, affinity.ReasonNone)
+	if vars != nil {
+		vars[s.triedKey] = u
+	}
+	if s.decide.Enabled(false) {
+		ip.LogDecision(s.decide, IPPolicyName, affinity.MaskClient(addr, s.IPv4Prefix, s.IPv6Prefix), u.Dial, affinity.ResultHit, false)
+	}
+	return u
+}
+
+// selectFull is every case: session tables, bounded loads, draining,
+// retries, unavailable upstreams, clients without an IP.
+func (s *IPAffinity) selectFull(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, vars map[string]any) *reverseproxy.Upstream {
 	addr, ok := affinity.ParseHostAddr(s.clientAddr(r, vars))
 	if !ok {
 		if s.fallback == nil {
@@ -174,7 +228,9 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 		tried = nil // a new round of the pool began
 	}
 	rememberTried(vars, s.triedKey, tried, pool[i])
-	ip.LogDecision(s.decide, IPPolicyName, k, func() string { return pool[i].Dial }, res, s.Sessions() != nil)
+	if table := s.Sessions() != nil; s.decide.Enabled(ip.Notable(res, table)) {
+		ip.LogDecision(s.decide, IPPolicyName, k, pool[i].Dial, res, table)
+	}
 	return pool[i]
 }
 
@@ -222,7 +278,7 @@ func rememberTried(vars map[string]any, key string, tried []*reverseproxy.Upstre
 
 // clientAddr is the address that identifies the client.
 func (s *IPAffinity) clientAddr(r *http.Request, vars map[string]any) string {
-	if s.Source != "remote" {
+	if !s.remote {
 		if v, ok := vars[caddyhttp.ClientIPVarKey].(string); ok && v != "" {
 			return v
 		}

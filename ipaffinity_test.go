@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/ip"
 )
 
 func testPool(n int) reverseproxy.UpstreamPool {
@@ -303,5 +304,41 @@ func TestIPSelectAllocations(t *testing.T) {
 	})
 	if n != 0 {
 		t.Fatalf("ip_affinity Select: %.1f allocations, want 0", n)
+	}
+}
+
+// selectHash, the common case's short path, chooses what selectFull does:
+// small pools (LookupDirect) and larger ones, prefixes, IPv4 and IPv6
+// clients, first attempts and retries, with and without draining.
+func TestIPSelectHashAgrees(t *testing.T) {
+	for _, n := range []int{1, 3, 8, 12} {
+		pool := testPool(n)
+		fast := &IPAffinity{Config: ip.Config{IPv4Prefix: 24, IPv6Prefix: 48}}
+		provision(t, fast)
+		full := &IPAffinity{Config: ip.Config{IPv4Prefix: 24, IPv6Prefix: 48}}
+		provision(t, full)
+		if !fast.plain {
+			t.Fatal("a policy without a session table or bounded loads is not plain")
+		}
+		full.plain = false
+		for _, drain := range []bool{false, true} {
+			if drain {
+				affinity.SetDraining(pool[0].Dial, true)
+			}
+			for i := range 300 {
+				cip := fmt.Sprintf("198.%d.%d.%d", i%7, i/7, i*37%256)
+				if i%3 == 0 {
+					cip = fmt.Sprintf("2001:db8:%x:%x::%x", i, i*7, i)
+				}
+				rf, rs := clientRequest(cip, "127.0.0.1:1"), clientRequest(cip, "127.0.0.1:1")
+				for attempt := range min(n, 3) {
+					got, want := fast.Select(pool, rf, nil), full.Select(pool, rs, nil)
+					if got != want {
+						t.Fatalf("%d upstreams, draining %v, %s, attempt %d: short path chose %v, full path %v", n, drain, cip, attempt+1, got.Dial, want.Dial)
+					}
+				}
+			}
+			affinity.SetDraining(pool[0].Dial, false)
+		}
 	}
 }

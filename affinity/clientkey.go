@@ -193,12 +193,28 @@ func (k ClientKey) Hash() uint64 {
 	meta := uint64(k.bits)<<8 | uint64(k.fam)
 	switch k.fam {
 	case 4:
-		return xxh64Uint64(uint64(binary.BigEndian.Uint32(k.addr[:4]))<<16|meta, 0)
+		return hash4(binary.BigEndian.Uint32(k.addr[:4]), k.bits)
 	case 6:
 		hi, lo := binary.BigEndian.Uint64(k.addr[:8]), binary.BigEndian.Uint64(k.addr[8:])
 		return xxh64Uint64(lo, xxh64Uint64(hi, meta))
 	}
 	return xxh64Uint64(0, 0)
+}
+
+// hash4 is the Hash of an IPv4 key: masked address a, prefix length bits.
+func hash4(a uint32, bits uint8) uint64 {
+	return xxh64Uint64(uint64(a)<<16|uint64(bits)<<8|4, 0)
+}
+
+// HashAddr is MaskClient(ip, v4bits, v6bits).Hash(), without building the
+// key for an IPv4 address: the request path of a pure hash needs no more.
+func HashAddr(ip netip.Addr, v4bits, v6bits int) uint64 {
+	if ip.Is4() {
+		n := clampBits(v4bits, DefaultIPv4Bits, 32)
+		a := ip.As4()
+		return hash4(binary.BigEndian.Uint32(a[:]) & ^(^uint32(0)>>n), uint8(n))
+	}
+	return MaskClient(ip, v4bits, v6bits).Hash()
 }
 
 // ParseHostAddr parses the IP address of a "host:port", "[host]:port",

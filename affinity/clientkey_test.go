@@ -2,6 +2,7 @@ package affinity
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 )
@@ -249,4 +250,27 @@ func BenchmarkClientKeyMask(b *testing.B) {
 			ParseHostAddr("[2001:db8::1]:443")
 		}
 	})
+}
+
+func TestHashAddrIsKeyHash(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 20000 {
+		var b [16]byte
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		var ip netip.Addr
+		switch rng.IntN(3) {
+		case 0:
+			ip = netip.AddrFrom4([4]byte(b[:4]))
+		case 1:
+			ip = netip.AddrFrom16(b)
+		default:
+			ip = netip.AddrFrom16(netip.AddrFrom4([4]byte(b[:4])).As16()) // ::ffff:a.b.c.d
+		}
+		v4, v6 := rng.IntN(36)-2, rng.IntN(132)-2
+		if got, want := HashAddr(ip, v4, v6), MaskClient(ip, v4, v6).Hash(); got != want {
+			t.Fatalf("HashAddr(%v, %d, %d) = %x, want the key's hash %x", ip, v4, v6, got, want)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 var drains struct {
 	mu  sync.Mutex
 	set atomic.Pointer[map[string]struct{}]
+	any atomic.Bool // the set is not empty: one load for the request path
 }
 
 // SetDraining sets or clears the draining state of addr and reports whether
@@ -34,6 +35,7 @@ func SetDraining(addr string, on bool) bool {
 		delete(next, addr)
 	}
 	drains.set.Store(&next)
+	drains.any.Store(len(next) > 0)
 	return true
 }
 
@@ -45,7 +47,7 @@ func IsDraining(addr string) bool {
 
 // AnyDraining reports whether any upstream is draining; the request path
 // checks it first so that nothing is filtered when nothing drains.
-func AnyDraining() bool { return len(drainSet()) > 0 }
+func AnyDraining() bool { return drains.any.Load() }
 
 // DrainingList returns the draining addresses, sorted.
 func DrainingList() []string {

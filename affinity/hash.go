@@ -70,7 +70,22 @@ type Table struct {
 	ids     []uint64 // position -> AddrHash, ascending
 	pos     []int    // position -> index in the caller's list (first occurrence)
 	addrs   []string // the caller's list, as given
+
+	// Small pools compute a slot's primary instead of reading it: in a
+	// busy server the 128 KiB of primaries are out of cache, and the
+	// miss cost more than the whole rest of a selection (perf, make
+	// bench), while n scores of a few ns each stay in registers.
+	// seeds[i] is position i's score seed term, full[i] the first slot
+	// at which position i had reached its cap: fill gives slot s to the
+	// best scorer among the positions not yet full at s, which is what
+	// primaryOf computes. Nil for larger pools.
+	seeds []uint64
+	full  []int32
 }
+
+// Pools of up to directMax upstreams compute primaries (see Table.seeds):
+// eight scores cost about as much as one miss to memory.
+const directMax = 8
 
 // NewTable builds the table for the upstreams dialed at addrs. Lookups
 // return indices into addrs. The result depends only on the set of
@@ -124,16 +139,51 @@ func NewTable(addrs []string) *Table {
 	return t
 }
 
+// scoreSeeds returns each position's score seed term (the xxh64 seed part).
+func (t *Table) scoreSeeds() []uint64 {
+	seeds := make([]uint64, len(t.ids))
+	for i, id := range t.ids {
+		seeds[i] = id + xxhPrime5 + 8
+	}
+	return seeds
+}
+
+// primaryOf returns slot s's primary position.
+func (t *Table) primaryOf(s uint64) int {
+	if t.seeds == nil {
+		return int(t.primary[s])
+	}
+	return bestWithRoom(t.seeds, t.full, s)
+}
+
+// bestWithRoom returns the position that fill gave slot s: the best scorer
+// among the positions not yet full at s (full[i] is the first slot at
+// which position i had reached its cap); ties go to the lower position.
+// Some position always has room (see fill).
+func bestWithRoom(seeds []uint64, full []int32, s uint64) int {
+	k := xxhRound(0, s)
+	b, bs := -1, uint64(0)
+	for i, seed := range seeds {
+		if int32(s) < full[i] {
+			if sc := xxhScore(seed, k); b < 0 || sc > bs {
+				b, bs = i, sc
+			}
+		}
+	}
+	return b
+}
+
 // fill assigns every slot its primary and backup.
 func (t *Table) fill() {
 	n := len(t.ids)
 	// Hoist the per-upstream part of the score (the xxh64 seed term).
-	seeds := make([]uint64, n)
-	for i, id := range t.ids {
-		seeds[i] = id + xxhPrime5 + 8
-	}
+	seeds := t.scoreSeeds()
 	limit := int(math.Ceil(TableSize * (1 + tableSlack) / float64(n)))
 	count := make([]int, n)
+	full := make([]int32, n)
+	for i := range full {
+		full[i] = TableSize
+	}
 	for s := range TableSize {
 		k := xxhRound(0, uint64(s))
 		// Top two scores; ties go to the lower position (strict >).
@@ -162,7 +212,9 @@ func (t *Table) fill() {
 				}
 			}
 		}
-		count[p]++
+		if count[p]++; count[p] == limit {
+			full[p] = int32(s + 1)
+		}
 		b := best
 		if p == best {
 			b = second
@@ -171,6 +223,9 @@ func (t *Table) fill() {
 			b = p
 		}
 		t.primary[s], t.backup[s] = uint16(p), uint16(b)
+	}
+	if n <= directMax {
+		t.seeds, t.full = seeds, full
 	}
 }
 
@@ -218,7 +273,7 @@ func (t *Table) Lookup(h uint64) int {
 	if t == nil || len(t.ids) == 0 {
 		return -1
 	}
-	return t.pos[t.primary[h>>tableShift]]
+	return t.pos[t.primaryOf(h>>tableShift)]
 }
 
 // LookupFunc returns the index of the upstream for a key with hash h among
@@ -237,7 +292,7 @@ func (t *Table) LookupFunc(h uint64, ok func(i int) bool) int {
 		return -1
 	}
 	if ok == nil {
-		return t.pos[t.primary[h>>tableShift]]
+		return t.pos[t.primaryOf(h>>tableShift)]
 	}
 	return t.walk(h, func(p int) bool { return ok(t.pos[p]) })
 }
@@ -281,7 +336,7 @@ func (t *Table) LookupBounded(h uint64, c float64, load func(i int) int, ok func
 // walk returns the index of the first acceptable upstream in h's sequence.
 func (t *Table) walk(h uint64, accept func(p int) bool) int {
 	s := h >> tableShift
-	p := int(t.primary[s])
+	p := t.primaryOf(s)
 	if accept(p) {
 		return t.pos[p]
 	}

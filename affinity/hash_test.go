@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -451,5 +452,40 @@ func BenchmarkTableBuild(b *testing.B) {
 				NewTable(addrs)
 			}
 		})
+	}
+}
+
+// Small pools compute each slot's primary (Table.direct); it must be the
+// table's, slot for slot, capped slots included, or HTTP and layer4, and
+// processes of different builds, would disagree.
+func TestTableDirectAgrees(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	direct, capped := 0, 0
+	for n := 1; n <= directMax+1; n++ {
+		for trial := range 8 {
+			addrs := make([]string, n)
+			for i := range addrs {
+				addrs[i] = fmt.Sprintf("10.%d.%d.%d:%d", trial, rng.IntN(256), rng.IntN(256), 1000+rng.IntN(9000))
+			}
+			tb := NewTable(addrs)
+			if n > directMax && tb.seeds != nil {
+				t.Fatalf("%d upstreams: direct, want the table", n)
+			}
+			if tb.seeds == nil {
+				continue
+			}
+			direct++
+			if slices.ContainsFunc(tb.full, func(f int32) bool { return f < TableSize }) {
+				capped++
+			}
+			for s := range uint64(TableSize) {
+				if got, want := tb.primaryOf(s), int(tb.primary[s]); got != want {
+					t.Fatalf("%v: slot %d: computed primary %d, table %d (full from %v)", addrs, s, got, want, tb.full)
+				}
+			}
+		}
+	}
+	if direct == 0 || capped == 0 {
+		t.Fatalf("%d pools computed their primaries, %d of them with capped slots: want some of each", direct, capped)
 	}
 }

@@ -26,6 +26,14 @@ type IPPool struct {
 	IDs      []uint64
 	Counters []*Counters
 	Addrs    []string
+
+	// A small pool's hash, inline: what LookupDirect reads.
+	direct struct {
+		n     int // positions; 0 for a pool larger than directMax
+		seeds [directMax]uint64
+		full  [directMax]int32
+		index [directMax]int // position -> index in Addrs
+	}
 }
 
 // NewIPPool builds the state of a pool for policy kind policy.
@@ -36,7 +44,25 @@ func NewIPPool(policy string, addrs []string) *IPPool {
 		p.IDs[i] = NameUpstream(a)
 		p.Counters[i] = CountersFor(policy, a)
 	}
+	if t := p.Table; t.seeds != nil {
+		d := &p.direct
+		d.n = copy(d.seeds[:], t.seeds)
+		copy(d.full[:], t.full)
+		copy(d.index[:], t.pos)
+	}
 	return p
+}
+
+// LookupDirect is p.Table.Lookup(h) for a pool of up to eight upstreams,
+// reading nothing but p: in a busy server every other structure a lookup
+// reaches is a cache miss, which costs more than the lookup. ok is false
+// for a larger pool.
+func (p *IPPool) LookupDirect(h uint64) (i int, ok bool) {
+	d := &p.direct
+	if d.n == 0 {
+		return -1, false
+	}
+	return d.index[bestWithRoom(d.seeds[:d.n], d.full[:d.n], h>>tableShift)], true
 }
 
 // Release gives back what NewIPPool retained for policy.

@@ -1,6 +1,8 @@
 package affinity
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -75,6 +77,32 @@ func TestChooseIPFastPathAgrees(t *testing.T) {
 			if f, s := fast.Counters[i].Count(r), slow.Counters[i].Count(r); f != s {
 				t.Errorf("upstream %d, %v: fast path counted %d, general path %d", i, r, f, s)
 			}
+		}
+	}
+}
+
+// LookupDirect must be Table.Lookup for every pool it serves, duplicates
+// and capped slots included, and decline larger pools.
+func TestLookupDirectAgrees(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for n := 1; n <= directMax+2; n++ {
+		for trial := range 6 {
+			addrs := make([]string, n)
+			for i := range addrs {
+				addrs[i] = fmt.Sprintf("10.%d.0.%d:80", trial, rng.IntN(n+2)) // some duplicates
+			}
+			p := NewIPPool(t.Name(), addrs)
+			for range 5000 {
+				h := rng.Uint64()
+				i, ok := p.LookupDirect(h)
+				if want := p.Table.Lookup(h); ok && i != want {
+					t.Fatalf("%v: LookupDirect(%x) = %d, Table.Lookup %d", addrs, h, i, want)
+				}
+				if ok != (len(p.Table.ids) <= directMax) {
+					t.Fatalf("%v (%d distinct): LookupDirect ok = %v", addrs, len(p.Table.ids), ok)
+				}
+			}
+			p.Release(t.Name())
 		}
 	}
 }

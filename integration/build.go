@@ -39,12 +39,23 @@ func RepoRoot() string {
 
 // BuildCaddy builds Caddy with the plugin from this checkout into out, with
 // xcaddy. The plugin is given a placeholder version and replaced by the
-// checkout, so nothing is fetched for it.
-func BuildCaddy(ctx context.Context, out string) error {
+// checkout, so nothing is fetched for it. extra names more modules of this
+// repository to build in, by directory (make bench adds bench/selecttimer,
+// its instrument): each is a module whose path is the plugin's plus the
+// directory, replaced by the checkout likewise.
+func BuildCaddy(ctx context.Context, out string, extra ...string) error {
 	b := xcaddy.Builder{
 		CaddyVersion: CaddyVersion,
 		Plugins:      []xcaddy.Dependency{{PackagePath: ModulePath, Version: "v0.0.0"}},
 		Replacements: []xcaddy.Replace{xcaddy.NewReplace(ModulePath+"@v0.0.0", RepoRoot())},
+		// As the xcaddy command does: e.g. "-trimpath" keeps the symbols
+		// that perf needs, which xcaddy's default flags strip.
+		BuildFlags: os.Getenv("XCADDY_GO_BUILD_FLAGS"),
+	}
+	for _, dir := range extra {
+		mod := ModulePath + "/" + filepath.ToSlash(dir)
+		b.Plugins = append(b.Plugins, xcaddy.Dependency{PackagePath: mod, Version: "v0.0.0"})
+		b.Replacements = append(b.Replacements, xcaddy.NewReplace(mod+"@v0.0.0", filepath.Join(RepoRoot(), dir)))
 	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err

@@ -270,14 +270,18 @@ func (c *Config) ParseBlock(d *caddyfile.Dispenser, own func(d *caddyfile.Dispen
 	return nil
 }
 
-// LogDecision logs one decision of an IP policy: at debug level, or at info
-// level for a rebind that changed a session table entry (without a table,
+// Notable reports whether a decision is logged at info level rather than
+// debug: a rebind that changed a session table entry (without a table,
 // every request of a client whose upstream is down moves again, which is
-// not news). upstream is only called when the entry is written, so a
-// disabled level costs two branches.
-func LogDecision(d decisionlog.Logger, policy string, client affinity.ClientKey, upstream func() string, res affinity.Result, table bool) {
-	if c := d.Check(res == affinity.ResultRebind && table); c != nil {
+// not news).
+func Notable(res affinity.Result, table bool) bool { return res == affinity.ResultRebind && table }
+
+// LogDecision logs one decision of an IP policy. Callers check
+// d.Enabled(Notable(res, table)) first, inline, so that a request whose
+// decision is not logged pays for no call.
+func LogDecision(d decisionlog.Logger, policy string, client affinity.ClientKey, upstream string, res affinity.Result, table bool) {
+	if c := d.Check(Notable(res, table)); c != nil {
 		c.Write(zap.String("policy", policy), zap.String("client", client.String()),
-			zap.String("upstream", upstream()), zap.String("result", res.String()))
+			zap.String("upstream", upstream), zap.String("result", res.String()))
 	}
 }

@@ -282,7 +282,9 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	} else {
 		conn.SetVar(s.triedKey, append(tried, up[i]))
 	}
-	ip.LogDecision(s.decide, PolicyName, k, up[i].String, res, s.Sessions() != nil)
+	if table := s.Sessions() != nil; s.decide.Enabled(ip.Notable(res, table)) {
+		ip.LogDecision(s.decide, PolicyName, k, up[i].String(), res, table)
+	}
 	return up[i]
 }
 

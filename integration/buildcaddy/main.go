@@ -1,5 +1,6 @@
 // Command buildcaddy builds Caddy with caddy-affinity from this checkout
-// through xcaddy's Go package: `go run ./integration/buildcaddy -o bin/caddy`.
+// through xcaddy's Go package: `go run ./integration/buildcaddy -o bin/caddy`
+// (-selecttimer adds make bench's instrument).
 package main
 
 import (
@@ -12,8 +13,13 @@ import (
 
 func main() {
 	out := flag.String("o", "bin/caddy", "output file")
+	timer := flag.Bool("selecttimer", false, "also build in bench/selecttimer, make bench's instrument")
 	flag.Parse()
-	if err := integration.BuildCaddy(context.Background(), *out); err != nil {
+	var extra []string
+	if *timer {
+		extra = append(extra, "bench/selecttimer")
+	}
+	if err := integration.BuildCaddy(context.Background(), *out, extra...); err != nil {
 		log.Fatal(err)
 	}
 }

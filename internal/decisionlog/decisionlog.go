@@ -32,6 +32,11 @@ func New(l *zap.Logger) Logger {
 	return Logger{l: l, debug: c.Enabled(zapcore.DebugLevel), info: c.Enabled(zapcore.InfoLevel)}
 }
 
+// Enabled reports whether a decision is logged; notable raises it from
+// debug to info level. Small enough to inline, so a request whose
+// decision is not logged pays for no call.
+func (d Logger) Enabled(notable bool) bool { return d.debug || notable && d.info }
+
 // Check returns the entry to write a decision to, or nil if it is not
 // logged. notable raises it from debug to info level.
 func (d Logger) Check(notable bool) *zapcore.CheckedEntry {

@@ -49,6 +49,7 @@ type config struct {
 	maxOther            float64
 	retries             int
 	quietWait           time.Duration
+	timer               bool // the Caddy binary has select_timer: time every Caddy case's selections
 }
 
 func main() {
@@ -123,6 +124,9 @@ func run(ctx context.Context, c config) error {
 	if c.caddy, err = filepath.Abs(c.caddy); err != nil {
 		return err
 	}
+	if c.timer = hasTimer(c.caddy); !c.timer {
+		logf("%s has no select_timer (make bench builds bin/caddy-bench with it): no selection timings", c.caddy)
+	}
 	cases, err := selectCases(c.cases)
 	if err != nil {
 		return err
@@ -177,7 +181,7 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 	caddyCases, haproxyCases := splitCases(res.cases)
 	var admin string
 	if len(caddyCases) > 0 {
-		p, a, err := startCaddy(ctx, c.caddy, work, caddyCases, bs)
+		p, a, err := startCaddy(ctx, c.caddy, work, caddyCases, bs, c.timer)
 		if err != nil {
 			return err
 		}
@@ -231,7 +235,7 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 				prof = make(chan error, 1)
 				go func() { prof <- cpuProfile(admin, c.duration, filepath.Join(c.out, "results", "raw", k.ID+".pprof")) }()
 			}
-			s, err := measure(ctx, c, w, meter, k)
+			s, err := measure(ctx, c, w, meter, k, admin)
 			if prof != nil {
 				if perr := <-prof; perr != nil {
 					logf("profile of %s: %v", k.Name, perr)
@@ -245,6 +249,9 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 			if s.Attempt > 1 {
 				note = fmt.Sprintf(" (attempt %d)", s.Attempt)
 			}
+			if s.Select.Mean > 0 {
+				note = fmt.Sprintf("  select %4.0f ns (p50 %4.0f, slow %.3f %%)%s", float64(s.Select.Mean), float64(s.Select.P50), 100*s.Select.Slow, note)
+			}
 			logf("round %d/%d %-24s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  other CPU %3.0f %%%s", r+1, c.rounds, k.Name, s.RPS, ms(s.P50), ms(s.P99), s.Foreign, note)
 		}
 	}
@@ -256,17 +263,36 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 // measure runs wrk once against k, on a shared machine as fairly as it can:
 // it first waits (briefly) for the other processes to calm down, and
 // repeats a run during which they used more than c.maxOther percent of the
-// machine, up to c.retries times, keeping the quietest attempt.
-func measure(ctx context.Context, c config, w wrkRunner, meter *cpuMeter, k *benchCase) (sample, error) {
+// machine, up to c.retries times, keeping the quietest attempt. With the
+// timer, it also reads the Caddy case's mean selection time over the run
+// from admin.
+func measure(ctx context.Context, c config, w wrkRunner, meter *cpuMeter, k *benchCase, admin string) (sample, error) {
+	timed := c.timer && k.Server == "caddy"
 	var best sample
 	for attempt := 1; ; attempt++ {
 		if c.maxOther > 0 {
 			meter.waitQuiet(ctx, c.maxOther, c.quietWait)
 		}
+		var sums timerSums
+		if timed {
+			var err error
+			if sums, err = readTimer(admin); err != nil {
+				return sample{}, err
+			}
+		}
 		before, proxy := meter.snap(), procTicks(strconv.Itoa(k.pid))
 		s, err := w.run(ctx, k, c.duration)
 		if err != nil {
 			return sample{}, err
+		}
+		if timed {
+			after, err := readTimer(admin)
+			if err == nil {
+				s.Select, err = selections(sums, after, k.ID)
+			}
+			if err != nil {
+				return sample{}, err
+			}
 		}
 		s.Foreign, s.Attempt = foreign(before, meter.snap()), attempt
 		if s.Requests > 0 {

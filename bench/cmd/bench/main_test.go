@@ -56,7 +56,7 @@ func TestCaddyfile(t *testing.T) {
 	for i, k := range cs {
 		k.addr = "127.0.0.1:" + string(rune('0'+i))
 	}
-	cfg := caddyfile("127.0.0.1:9", "/tmp/x", cs, []string{"127.0.0.1:1", "127.0.0.1:2"})
+	cfg := caddyfile("127.0.0.1:9", "/tmp/x", cs, []string{"127.0.0.1:1", "127.0.0.1:2"}, false)
 	for _, want := range []string{"admin 127.0.0.1:9", "persist_config off", "level ERROR", "\taffinity\n\treverse_proxy", "mode rewrite", "lb_policy ip_affinity"} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("Caddyfile lacks %q:\n%s", want, cfg)
@@ -64,6 +64,15 @@ func TestCaddyfile(t *testing.T) {
 	}
 	if strings.Count(cfg, "\taffinity\n") != 1 {
 		t.Error("the affinity directive belongs to the rewrite site only")
+	}
+	if strings.Contains(cfg, "select_timer") {
+		t.Error("select_timer without the timer")
+	}
+	cfg = caddyfile("127.0.0.1:9", "/tmp/x", cs, []string{"127.0.0.1:1", "127.0.0.1:2"}, true)
+	for _, want := range []string{"lb_policy select_timer ip_affinity {\n\t\t\tpolicy ip_affinity\n\t\t}", "lb_policy select_timer sticky_rewrite {\n\t\t\tpolicy sticky_cookie name {\n\t\t\t\tmode rewrite"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("timed Caddyfile lacks %q:\n%s", want, cfg)
+		}
 	}
 }
 
@@ -164,5 +173,22 @@ func TestJudge(t *testing.T) {
 		if got := judge(tc.med, tc.lo, tc.hi, tc.goal, tc.atLeast); got != tc.want {
 			t.Errorf("judge(%v, %v-%v, goal %v, atLeast %v) = %v, want %v", tc.med, tc.lo, tc.hi, tc.goal, tc.atLeast, got, tc.want)
 		}
+	}
+}
+
+func TestSelections(t *testing.T) {
+	before := timerSums{"x": {Histogram: []uint64{1, 0, 5}}}
+	h := make([]uint64, timerBuckets)
+	h[0], h[2], h[3], h[timerBuckets-1] = 1, 5+2, 1, 1 // the run: 2 at 25 ns, 1 at 35, 1 slow
+	after := timerSums{"x": {Histogram: h}}
+	st, err := selections(before, after, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mean != 28*time.Nanosecond || st.P50 != 25*time.Nanosecond || st.Slow != 0.25 {
+		t.Errorf("got %+v, want mean 28 ns (of 25, 25, 35), p50 25 ns, slow 0.25", st)
+	}
+	if _, err := selections(after, after, "x"); err == nil {
+		t.Error("no selections: want an error")
 	}
 }

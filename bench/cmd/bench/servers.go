@@ -168,7 +168,7 @@ func (p *proc) tail(n int) string {
 // caddyfile renders one Caddy with a site per case. Logging is at ERROR so
 // that it does not weigh on the measurement. Caddy trusts X-Forwarded-For
 // from loopback (wrk), so client_ip is the header's address for every case.
-func caddyfile(admin, storage string, cases []*benchCase, upstreams []string) string {
+func caddyfile(admin, storage string, cases []*benchCase, upstreams []string, timer bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `{
 	admin %s
@@ -189,15 +189,19 @@ func caddyfile(admin, storage string, cases []*benchCase, upstreams []string) st
 		if k.Kind == kindRewrite {
 			directive = "\taffinity\n"
 		}
+		policy := k.Policy
+		if timer {
+			policy = timed(k)
+		}
 		fmt.Fprintf(&b, "\n# %s\nhttp://%s {\n%s\treverse_proxy %s {\n\t\t%s\n\t}\n}\n",
-			k.Name, k.addr, directive, strings.Join(upstreams, " "), k.Policy)
+			k.Name, k.addr, directive, strings.Join(upstreams, " "), policy)
 	}
 	return b.String()
 }
 
 // startCaddy starts Caddy with a site per case and returns it with its
 // admin address.
-func startCaddy(ctx context.Context, bin, work string, cases []*benchCase, bs *backends) (*proc, string, error) {
+func startCaddy(ctx context.Context, bin, work string, cases []*benchCase, bs *backends, timer bool) (*proc, string, error) {
 	admin, err := freeAddr()
 	if err != nil {
 		return nil, "", err
@@ -210,7 +214,7 @@ func startCaddy(ctx context.Context, bin, work string, cases []*benchCase, bs *b
 		ready = append(ready, k.addr)
 	}
 	cfg := filepath.Join(work, "Caddyfile")
-	if err := os.WriteFile(cfg, []byte(caddyfile(admin, filepath.Join(work, "caddy-data"), cases, bs.addrs())), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(caddyfile(admin, filepath.Join(work, "caddy-data"), cases, bs.addrs(), timer)), 0o644); err != nil {
 		return nil, "", err
 	}
 	logf("starting Caddy (%d sites)", len(cases))

@@ -34,6 +34,9 @@ type sample struct {
 	// ProxyCPU is the CPU time (user and system) the proxy process spent
 	// per request.
 	ProxyCPU time.Duration
+	// Select is how long the policy's Select took inside Caddy (zero if
+	// not timed).
+	Select selectStats
 }
 
 // wrkRunner runs wrk with the sticky script.
