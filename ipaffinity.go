@@ -51,6 +51,7 @@ type IPAffinity struct {
 	// line a selection touches is likely a miss.
 	remote bool // Source is remote
 	plain  bool // a pure hash: no session table, no bounded loads
+	v4, v6 int  // the prefix lengths
 	// triedKey names the request variable holding the upstreams earlier
 	// attempts of a request used, one per instance (a policy may be
 	// another's fallback).
@@ -90,6 +91,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		return err
 	}
 	s.remote = s.Source == "remote"
+	s.v4, s.v6 = s.IPv4Prefix, s.IPv6Prefix
 	s.plain = s.Sessions() == nil && s.BalanceFactor == 0
 	if s.FallbackRaw != nil {
 		mod, err := ctx.LoadModule(s, "FallbackRaw")
@@ -159,25 +161,25 @@ func (s *IPAffinity) selectHash(pool reverseproxy.UpstreamPool, r *http.Request,
 	if !ok {
 		return nil
 	}
-	h := affinity.HashAddr(addr, s.IPv4Prefix, s.IPv6Prefix)
+	h := affinity.HashAddr(addr, s.v4, s.v6)
 	p := s.pools.Get(pool)
-	i, ok := p.LookupDirect(h)
+	i, c, dial, ok := p.LookupDirect(h)
 	if !ok {
-		i = p.Table.Lookup(h)
-	}
-	if i < 0 {
-		return nil
+		if i = p.Table.Lookup(h); i < 0 {
+			return nil
+		}
+		c, dial = p.Counters[i], p.Addrs[i]
 	}
 	u := pool[i]
-	if !u.Available() || p.Stale(i, u.Dial) {
-		return nil
+	if dial != u.Dial || !u.Available() {
+		return nil // a stale pool state (see IPPool.Stale), or down
 	}
-	p.Counters[i].Record(affinity.ResultHit, affinity.ReasonNone)
+	c.Record(affinity.ResultHit, affinity.ReasonNone)
 	if vars != nil {
 		vars[s.triedKey] = u
 	}
 	if s.decide.Enabled(false) {
-		ip.LogDecision(s.decide, IPPolicyName, affinity.MaskClient(addr, s.IPv4Prefix, s.IPv6Prefix), u.Dial, affinity.ResultHit, false)
+		ip.LogDecision(s.decide, IPPolicyName, affinity.MaskClient(addr, s.v4, s.v6), u.Dial, affinity.ResultHit, false)
 	}
 	return u
 }

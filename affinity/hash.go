@@ -74,13 +74,19 @@ type Table struct {
 	// Small pools compute a slot's primary instead of reading it: in a
 	// busy server the 128 KiB of primaries are out of cache, and the
 	// miss cost more than the whole rest of a selection (perf, make
-	// bench), while n scores of a few ns each stay in registers.
-	// seeds[i] is position i's score seed term, full[i] the first slot
-	// at which position i had reached its cap: fill gives slot s to the
-	// best scorer among the positions not yet full at s, which is what
-	// primaryOf computes. Nil for larger pools.
-	seeds []uint64
-	full  []int32
+	// bench), while n scores of a few ns each stay in registers. Nil for
+	// larger pools.
+	direct []position
+}
+
+// position is what computing a slot's primary needs of one upstream.
+type position struct {
+	seed uint64 // score seed term
+	// full is the first slot at which the position had reached its cap:
+	// fill gives slot s to the best scorer among the positions not yet
+	// full at s, which is what bestWithRoom computes.
+	full  int32
+	index int32 // index in the caller's list
 }
 
 // Pools of up to directMax upstreams compute primaries (see Table.seeds):
@@ -150,22 +156,21 @@ func (t *Table) scoreSeeds() []uint64 {
 
 // primaryOf returns slot s's primary position.
 func (t *Table) primaryOf(s uint64) int {
-	if t.seeds == nil {
+	if t.direct == nil {
 		return int(t.primary[s])
 	}
-	return bestWithRoom(t.seeds, t.full, s)
+	return bestWithRoom(t.direct, s)
 }
 
 // bestWithRoom returns the position that fill gave slot s: the best scorer
-// among the positions not yet full at s (full[i] is the first slot at
-// which position i had reached its cap); ties go to the lower position.
+// among the positions not yet full at s; ties go to the lower position.
 // Some position always has room (see fill).
-func bestWithRoom(seeds []uint64, full []int32, s uint64) int {
+func bestWithRoom(ps []position, s uint64) int {
 	k := xxhRound(0, s)
 	b, bs := -1, uint64(0)
-	for i, seed := range seeds {
-		if int32(s) < full[i] {
-			if sc := xxhScore(seed, k); b < 0 || sc > bs {
+	for i := range ps {
+		if int32(s) < ps[i].full {
+			if sc := xxhScore(ps[i].seed, k); b < 0 || sc > bs {
 				b, bs = i, sc
 			}
 		}
@@ -225,7 +230,10 @@ func (t *Table) fill() {
 		t.primary[s], t.backup[s] = uint16(p), uint16(b)
 	}
 	if n <= directMax {
-		t.seeds, t.full = seeds, full
+		t.direct = make([]position, n)
+		for i := range n {
+			t.direct[i] = position{seed: seeds[i], full: full[i], index: int32(t.pos[i])}
+		}
 	}
 }
 

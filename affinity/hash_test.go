@@ -468,19 +468,19 @@ func TestTableDirectAgrees(t *testing.T) {
 				addrs[i] = fmt.Sprintf("10.%d.%d.%d:%d", trial, rng.IntN(256), rng.IntN(256), 1000+rng.IntN(9000))
 			}
 			tb := NewTable(addrs)
-			if n > directMax && tb.seeds != nil {
+			if n > directMax && tb.direct != nil {
 				t.Fatalf("%d upstreams: direct, want the table", n)
 			}
-			if tb.seeds == nil {
+			if tb.direct == nil {
 				continue
 			}
 			direct++
-			if slices.ContainsFunc(tb.full, func(f int32) bool { return f < TableSize }) {
+			if slices.ContainsFunc(tb.direct, func(p position) bool { return p.full < TableSize }) {
 				capped++
 			}
 			for s := range uint64(TableSize) {
 				if got, want := tb.primaryOf(s), int(tb.primary[s]); got != want {
-					t.Fatalf("%v: slot %d: computed primary %d, table %d (full from %v)", addrs, s, got, want, tb.full)
+					t.Fatalf("%v: slot %d: computed primary %d, table %d (%+v)", addrs, s, got, want, tb.direct)
 				}
 			}
 		}

@@ -27,12 +27,15 @@ type IPPool struct {
 	Counters []*Counters
 	Addrs    []string
 
-	// A small pool's hash, inline: what LookupDirect reads.
+	// A small pool's hash and what a selection then reads, inline and
+	// by position: what LookupDirect reads.
 	direct struct {
-		n     int // positions; 0 for a pool larger than directMax
-		seeds [directMax]uint64
-		full  [directMax]int32
-		index [directMax]int // position -> index in Addrs
+		n   int // positions; 0 for a pool larger than directMax
+		pos [directMax]position
+		hot [directMax]struct {
+			counters *Counters
+			addr     string
+		}
 	}
 }
 
@@ -44,25 +47,26 @@ func NewIPPool(policy string, addrs []string) *IPPool {
 		p.IDs[i] = NameUpstream(a)
 		p.Counters[i] = CountersFor(policy, a)
 	}
-	if t := p.Table; t.seeds != nil {
-		d := &p.direct
-		d.n = copy(d.seeds[:], t.seeds)
-		copy(d.full[:], t.full)
-		copy(d.index[:], t.pos)
+	d := &p.direct
+	d.n = copy(d.pos[:], p.Table.direct)
+	for j, q := range d.pos[:d.n] {
+		d.hot[j].counters, d.hot[j].addr = p.Counters[q.index], addrs[q.index]
 	}
 	return p
 }
 
 // LookupDirect is p.Table.Lookup(h) for a pool of up to eight upstreams,
-// reading nothing but p: in a busy server every other structure a lookup
-// reaches is a cache miss, which costs more than the lookup. ok is false
-// for a larger pool.
-func (p *IPPool) LookupDirect(h uint64) (i int, ok bool) {
+// reading nothing but p, and returns with the index the upstream's
+// counters and address (p.Counters[i], p.Addrs[i]): in a busy server every
+// other structure a lookup reaches is a cache miss, which costs more than
+// the lookup. ok is false for a larger pool.
+func (p *IPPool) LookupDirect(h uint64) (i int, c *Counters, addr string, ok bool) {
 	d := &p.direct
 	if d.n == 0 {
-		return -1, false
+		return -1, nil, "", false
 	}
-	return d.index[bestWithRoom(d.seeds[:d.n], d.full[:d.n], h>>tableShift)], true
+	j := bestWithRoom(d.pos[:d.n], h>>tableShift)
+	return int(d.pos[j].index), d.hot[j].counters, d.hot[j].addr, true
 }
 
 // Release gives back what NewIPPool retained for policy.

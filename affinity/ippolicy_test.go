@@ -94,9 +94,9 @@ func TestLookupDirectAgrees(t *testing.T) {
 			p := NewIPPool(t.Name(), addrs)
 			for range 5000 {
 				h := rng.Uint64()
-				i, ok := p.LookupDirect(h)
-				if want := p.Table.Lookup(h); ok && i != want {
-					t.Fatalf("%v: LookupDirect(%x) = %d, Table.Lookup %d", addrs, h, i, want)
+				i, c, addr, ok := p.LookupDirect(h)
+				if want := p.Table.Lookup(h); ok && (i != want || c != p.Counters[i] || addr != p.Addrs[i]) {
+					t.Fatalf("%v: LookupDirect(%x) = %d, %p, %q; want Table.Lookup %d and its counters and address", addrs, h, i, c, addr, want)
 				}
 				if ok != (len(p.Table.ids) <= directMax) {
 					t.Fatalf("%v (%d distinct): LookupDirect ok = %v", addrs, len(p.Table.ids), ok)

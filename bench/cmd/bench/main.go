@@ -50,6 +50,8 @@ type config struct {
 	retries             int
 	quietWait           time.Duration
 	timer               bool // the Caddy binary has select_timer: time every Caddy case's selections
+	duelRounds          int
+	duelDuration        time.Duration
 }
 
 func main() {
@@ -75,10 +77,12 @@ func main() {
 	flag.Float64Var(&c.maxOther, "max-other", 20, "a run during which other processes use more than this % of the machine is repeated (0: never)")
 	flag.IntVar(&c.retries, "retries", 2, "repeats of a run with too much other CPU; the quietest attempt is kept")
 	flag.DurationVar(&c.quietWait, "quiet-wait", 30*time.Second, "before each run, wait up to this long for the other processes to use at most -max-other")
+	flag.IntVar(&c.duelRounds, "duel-rounds", 20, "rounds of each duel (two cases at once, their selections timed inside Caddy; needs select_timer)")
+	flag.DurationVar(&c.duelDuration, "duel-duration", 3*time.Second, "wrk run per duel round")
 	flag.BoolVar(&c.pprof, "pprof", false, "save a CPU profile of Caddy per Caddy case during the first round into <out>/results/raw/ (perturbs that round)")
 	flag.Parse()
 	if c.quick {
-		c.rounds, c.duration, c.warmup = 1, 2*time.Second, 0
+		c.rounds, c.duration, c.warmup, c.duelRounds = 1, 2*time.Second, 0, 2
 	}
 	if c.rounds < 1 || c.duration <= 0 || c.connections < 1 || c.addresses < 1 || c.threads < 1 || c.backends < 2 {
 		fatalf("need -rounds >= 1, -duration > 0, -c >= 1, -addresses >= 1, -t >= 1 and -backends >= 2")
@@ -253,6 +257,11 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 				note = fmt.Sprintf("  select %4.0f ns (p50 %4.0f, slow %.3f %%)%s", float64(s.Select.Mean), float64(s.Select.P50), 100*s.Select.Slow, note)
 			}
 			logf("round %d/%d %-24s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  other CPU %3.0f %%%s", r+1, c.rounds, k.Name, s.RPS, ms(s.P50), ms(s.P99), s.Foreign, note)
+		}
+	}
+	if c.timer && c.duelRounds > 0 {
+		if res.duels, err = runDuels(ctx, c, w, admin, res.cases); err != nil {
+			return err
 		}
 	}
 	res.finished = time.Now().UTC()

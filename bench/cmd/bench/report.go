@@ -24,6 +24,7 @@ type results struct {
 	started, finished time.Time
 	ip                ipFigures
 	mem               memFigures
+	duels             []*duel
 }
 
 // env describes the machine and the software measured.
@@ -376,7 +377,8 @@ func writeRaw(path string, r *results) error {
 		Cases   []rawCase
 		IP      ipFigures
 		Memory  memFigures
-	}{Started: r.started, Env: r.env, IP: r.ip, Memory: r.mem}
+		Duels   []*duel
+	}{Started: r.started, Env: r.env, IP: r.ip, Memory: r.mem, Duels: r.duels}
 	for _, k := range r.cases {
 		raw.Cases = append(raw.Cases, rawCase{k.ID, k.Name, k.samples})
 	}
