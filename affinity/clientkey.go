@@ -217,6 +217,20 @@ func HashAddr(ip netip.Addr, v4bits, v6bits int) uint64 {
 	return MaskClient(ip, v4bits, v6bits).Hash()
 }
 
+// HashHostAddr is HashAddr of ParseHostAddr(s), in one pass for an IPv4
+// address, the common case on the request path.
+func HashHostAddr(s string, v4bits, v6bits int) (uint64, bool) {
+	if a, rest, ok := parseIPv4(s); ok && (rest == "" || validPort(rest, true)) {
+		n := clampBits(v4bits, DefaultIPv4Bits, 32)
+		return hash4(binary.BigEndian.Uint32(a[:]) & ^(^uint32(0)>>n), uint8(n)), true
+	}
+	ip, ok := parseHostAddr(s)
+	if !ok {
+		return 0, false
+	}
+	return HashAddr(ip, v4bits, v6bits), true
+}
+
 // ParseHostAddr parses the IP address of a "host:port", "[host]:port",
 // "[host]" or bare address string, such as a connection's remote address.
 // It strips an IPv6 zone and unmaps IPv4-mapped IPv6 addresses. It reports

@@ -274,3 +274,21 @@ func TestHashAddrIsKeyHash(t *testing.T) {
 		}
 	}
 }
+
+func TestHashHostAddrIsParseThenHash(t *testing.T) {
+	for _, s := range []string{"10.1.2.3", "10.1.2.3:80", "10.1.2.3:", "255.255.255.255:65535", "[2001:db8::1]:443",
+		"2001:db8::1", "::ffff:10.1.2.3", "[::ffff:10.1.2.3]:1", "fe80::1%eth0", "10.1.2", "10.1.2.3.4", "010.1.2.3",
+		"10.1.2.3:99999", "host:80", "", "@", "/run/caddy.sock"} {
+		for _, v4 := range []int{0, 8, 24, 32} {
+			got, gotOK := HashHostAddr(s, v4, 48)
+			ip, ok := ParseHostAddr(s)
+			var want uint64
+			if ok {
+				want = HashAddr(ip, v4, 48)
+			}
+			if got != want || gotOK != ok {
+				t.Errorf("HashHostAddr(%q, %d) = %x, %v; want %x, %v", s, v4, got, gotOK, want, ok)
+			}
+		}
+	}
+}
