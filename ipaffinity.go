@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -57,6 +58,7 @@ type IPAffinity struct {
 	// another's fallback).
 	triedKey string
 	decide   decisionlog.Logger
+	last     atomic.Pointer[lastPool]
 	pools    affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
 
 	fallback reverseproxy.Selector
@@ -64,6 +66,26 @@ type IPAffinity struct {
 	logger   *zap.Logger
 	now      func() time.Time
 	noIPOnce sync.Once
+}
+
+// lastPool is the pool Select saw last, by the identity of the slice, with
+// a copy of its state: Caddy passes its static upstreams' slice on every
+// request, and one load then finds both.
+type lastPool struct {
+	first *(*reverseproxy.Upstream) // &pool[0]
+	n     int
+	affinity.IPPool
+}
+
+// poolState returns the state of pool and keeps it as the last one (Select
+// checks that first).
+func (s *IPAffinity) poolState(pool reverseproxy.UpstreamPool) *affinity.IPPool {
+	p, same := s.pools.GetSame(pool)
+	if same {
+		// Dynamic upstreams are a new slice each time: not worth keeping.
+		s.last.Store(&lastPool{first: &pool[0], n: len(pool), IPPool: *p})
+	}
+	return p
 }
 
 // CaddyModule returns the Caddy module information.
@@ -156,7 +178,12 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	if !ok {
 		return s.selectFull(pool, r, w, vars)
 	}
-	p := s.pools.Get(pool)
+	var p *affinity.IPPool
+	if lp := s.last.Load(); lp != nil && lp.n == len(pool) && lp.first == &pool[0] {
+		p = &lp.IPPool
+	} else {
+		p = s.poolState(pool)
+	}
 	i, c, dial, ok := p.LookupDirect(h)
 	if !ok {
 		if i = p.Table.Lookup(h); i < 0 {

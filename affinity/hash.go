@@ -79,14 +79,17 @@ type Table struct {
 	direct []position
 }
 
-// position is what computing a slot's primary needs of one upstream.
+// position is what computing a slot's primary needs of one upstream, and
+// what a selection then reads of it, together.
 type position struct {
 	seed uint64 // score seed term
 	// full is the first slot at which the position had reached its cap:
 	// fill gives slot s to the best scorer among the positions not yet
 	// full at s, which is what bestWithRoom computes.
-	full  int32
-	index int32 // index in the caller's list
+	full     int32
+	index    int32     // index in the caller's list
+	addr     string    // its address
+	counters *Counters // its counters, in an IPPool's copy
 }
 
 // Pools of up to directMax upstreams compute primaries (see Table.seeds):
@@ -232,7 +235,7 @@ func (t *Table) fill() {
 	if n <= directMax {
 		t.direct = make([]position, n)
 		for i := range n {
-			t.direct[i] = position{seed: seeds[i], full: full[i], index: int32(t.pos[i])}
+			t.direct[i] = position{seed: seeds[i], full: full[i], index: int32(t.pos[i]), addr: t.addrs[t.pos[i]]}
 		}
 	}
 }

@@ -20,23 +20,20 @@ type IPOptions struct {
 }
 
 // IPPool is what IP affinity derives from one pool of upstreams: the
-// consistent-hash table, the upstreams' session IDs and their counters.
+// consistent-hash table, the upstreams' session IDs and their counters. It
+// is immutable; a copy is as good as the original.
 type IPPool struct {
+	// A small pool's hash and what a selection then reads, inline, first:
+	// what LookupDirect reads.
+	direct struct {
+		n   int // positions; 0 for a pool larger than directMax
+		pos [directMax]position
+	}
+
 	Table    *Table
 	IDs      []uint64
 	Counters []*Counters
 	Addrs    []string
-
-	// A small pool's hash and what a selection then reads, inline and
-	// by position: what LookupDirect reads.
-	direct struct {
-		n   int // positions; 0 for a pool larger than directMax
-		pos [directMax]position
-		hot [directMax]struct {
-			counters *Counters
-			addr     string
-		}
-	}
 }
 
 // NewIPPool builds the state of a pool for policy kind policy.
@@ -49,8 +46,8 @@ func NewIPPool(policy string, addrs []string) *IPPool {
 	}
 	d := &p.direct
 	d.n = copy(d.pos[:], p.Table.direct)
-	for j, q := range d.pos[:d.n] {
-		d.hot[j].counters, d.hot[j].addr = p.Counters[q.index], addrs[q.index]
+	for j := range d.pos[:d.n] {
+		d.pos[j].counters = p.Counters[d.pos[j].index]
 	}
 	return p
 }
@@ -65,8 +62,8 @@ func (p *IPPool) LookupDirect(h uint64) (i int, c *Counters, addr string, ok boo
 	if d.n == 0 {
 		return -1, nil, "", false
 	}
-	j := bestWithRoom(d.pos[:d.n], h>>tableShift)
-	return int(d.pos[j].index), d.hot[j].counters, d.hot[j].addr, true
+	q := &d.pos[bestWithRoom(d.pos[:d.n], h>>tableShift)]
+	return int(q.index), q.counters, q.addr, true
 }
 
 // Release gives back what NewIPPool retained for policy.

@@ -90,17 +90,26 @@ type poolSnap[U comparable, S any] struct {
 // for a position differing from the upstream there (the slice was changed
 // in place, which Caddy does not do) call Refresh.
 func (c *PoolCache[U, S]) Get(pool []U) S {
+	state, _ := c.GetSame(pool)
+	return state
+}
+
+// GetSame is Get, and also reports whether the cache knows pool itself,
+// the very slice, not only its addresses: Caddy's static upstreams, passed
+// on every request. A caller may then keep what it derives from the state
+// beside that slice, checked by the slice's identity.
+func (c *PoolCache[U, S]) GetSame(pool []U) (state S, same bool) {
 	for i := range c.snaps {
 		if s := c.snaps[i].Load(); s != nil && len(s.orig) == len(pool) && (len(pool) == 0 || &s.orig[0] == &pool[0]) {
-			return s.state
+			return s.state, true
 		}
 	}
 	for i := range c.snaps {
 		if s := c.snaps[i].Load(); s != nil && c.sameAddrs(s.addrs, pool) {
-			return s.state
+			return s.state, false
 		}
 	}
-	return c.rebuild(pool)
+	return c.rebuild(pool), false
 }
 
 // Refresh finds or builds the state for pool by its addresses, ignoring
