@@ -34,6 +34,19 @@ const IPPolicyName = "ip_affinity"
 // policy: the same client and the same upstream addresses give the same
 // upstream in both, and in every Caddy instance.
 type IPAffinity struct {
+	// First, and within 32 bytes so within one cache line wherever the
+	// struct lands: what every request reads (in a busy server each line a
+	// selection touches is likely a miss).
+	last atomic.Pointer[lastPool] // the pool Select saw last (8 bytes)
+	// triedKey names the request variable holding the upstreams earlier
+	// attempts of a request used, one per instance (a policy may be
+	// another's fallback).
+	triedKey string
+	remote   bool  // Source is remote
+	plain    bool  // a pure hash: no session table, no bounded loads
+	logHits  bool  // decide logs routine decisions
+	v4, v6   uint8 // the prefix lengths
+
 	// Which address identifies the client: `client` (default) is Caddy's
 	// client IP, which honours the server's trusted_proxies (so a
 	// forwarded-for header counts only from a trusted proxy); `remote` is
@@ -48,18 +61,8 @@ type IPAffinity struct {
 	// warning, logged once) for a client address that is not an IP.
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
-	// What every request reads, together: in a busy server each cache
-	// line a selection touches is likely a miss.
-	remote bool // Source is remote
-	plain  bool // a pure hash: no session table, no bounded loads
-	v4, v6 int  // the prefix lengths
-	// triedKey names the request variable holding the upstreams earlier
-	// attempts of a request used, one per instance (a policy may be
-	// another's fallback).
-	triedKey string
-	decide   decisionlog.Logger
-	last     atomic.Pointer[lastPool]
-	pools    affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
+	decide decisionlog.Logger
+	pools  affinity.PoolCache[*reverseproxy.Upstream, *affinity.IPPool]
 
 	fallback reverseproxy.Selector
 	static   []string // the parent's static upstreams, retained
@@ -113,7 +116,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		return err
 	}
 	s.remote = s.Source == "remote"
-	s.v4, s.v6 = s.IPv4Prefix, s.IPv6Prefix
+	s.v4, s.v6 = uint8(s.IPv4Prefix), uint8(s.IPv6Prefix)
 	s.plain = s.Sessions() == nil && s.BalanceFactor == 0
 	if s.FallbackRaw != nil {
 		mod, err := ctx.LoadModule(s, "FallbackRaw")
@@ -134,6 +137,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 
 func (s *IPAffinity) setLogger(l *zap.Logger) {
 	s.logger, s.decide = l, decisionlog.New(l)
+	s.logHits = s.decide.Enabled(false)
 }
 
 // Validate checks s.
@@ -174,7 +178,7 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	if _, retry := vars[s.triedKey]; retry {
 		return s.selectFull(pool, r, w, vars)
 	}
-	h, ok := affinity.HashHostAddr(s.clientAddr(r, vars), s.v4, s.v6)
+	h, ok := affinity.HashHostAddr(s.clientAddr(r, vars), int(s.v4), int(s.v6))
 	if !ok {
 		return s.selectFull(pool, r, w, vars)
 	}
@@ -200,7 +204,7 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	if vars != nil {
 		vars[s.triedKey] = u
 	}
-	if s.decide.Enabled(false) {
+	if s.logHits {
 		s.logHit(r, vars, u)
 	}
 	return u
@@ -209,7 +213,7 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 // logHit logs a decision of Select's common case.
 func (s *IPAffinity) logHit(r *http.Request, vars map[string]any, u *reverseproxy.Upstream) {
 	addr, _ := affinity.ParseHostAddr(s.clientAddr(r, vars))
-	ip.LogDecision(s.decide, IPPolicyName, affinity.MaskClient(addr, s.v4, s.v6), u.Dial, affinity.ResultHit, false)
+	ip.LogDecision(s.decide, IPPolicyName, affinity.MaskClient(addr, int(s.v4), int(s.v6)), u.Dial, affinity.ResultHit, false)
 }
 
 // selectFull is every case: session tables, bounded loads, draining,

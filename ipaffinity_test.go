@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -331,8 +332,18 @@ func TestIPSelectHashAgrees(t *testing.T) {
 					cip = fmt.Sprintf("2001:db8:%x:%x::%x", i, i*7, i)
 				}
 				rf, rs := clientRequest(cip, "127.0.0.1:1"), clientRequest(cip, "127.0.0.1:1")
-				for attempt := range min(n, 3) {
-					got, want := fast.Select(pool, rf, nil), full.Select(pool, rs, nil)
+				// The pool Select saw last, a shorter one over the same
+				// array, and the same upstreams in a new slice (dynamic
+				// upstreams), in turn: the state must follow the slice.
+				pl := pool
+				switch {
+				case i%5 == 1 && n > 1:
+					pl = pool[:n-1]
+				case i%5 == 2:
+					pl = slices.Clone(pool)
+				}
+				for attempt := range min(len(pl), 3) {
+					got, want := fast.Select(pl, rf, nil), full.Select(pl, rs, nil)
 					if got != want {
 						t.Fatalf("%d upstreams, draining %v, %s, attempt %d: short path chose %v, full path %v", n, drain, cip, attempt+1, got.Dial, want.Dial)
 					}
