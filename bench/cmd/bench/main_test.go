@@ -192,3 +192,18 @@ func TestSelections(t *testing.T) {
 		t.Error("no selections: want an error")
 	}
 }
+
+// Fewer rounds than a 95 % interval needs settle nothing, however they
+// fall.
+func TestDescribeNeedsRounds(t *testing.T) {
+	if _, v := describe([]float64{1.2, 1.3}, 1.0, true); v != verdictOpenMeets {
+		t.Errorf("2 rounds above the goal: %v, want not resolved", v)
+	}
+	if _, v := describe([]float64{0.8, 0.9}, 1.0, true); v != verdictOpenMisses {
+		t.Errorf("2 rounds below the goal: %v, want not resolved", v)
+	}
+	x := []float64{1.2, 1.3, 1.25, 1.22, 1.28, 1.21, 1.3, 1.24}
+	if _, v := describe(x, 1.0, true); v != verdictPass {
+		t.Errorf("8 rounds above the goal: %v, want PASS", v)
+	}
+}
