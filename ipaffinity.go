@@ -131,7 +131,14 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	s.static = cookie.RegisterParentUpstreams(ctx, IPPolicyName)
 	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
 	s.pools.Build = func(addrs []string) *affinity.IPPool { return affinity.NewIPPool(IPPolicyName, addrs) }
-	s.pools.Drop = func(p *affinity.IPPool) { p.Release(IPPolicyName) }
+	s.pools.Drop = func(p *affinity.IPPool) {
+		// The copy Select keeps must not outlive the state: its counters
+		// are released with it.
+		if lp := s.last.Load(); lp != nil && lp.Table == p.Table {
+			s.last.CompareAndSwap(lp, nil)
+		}
+		p.Release(IPPolicyName)
+	}
 	return nil
 }
 

@@ -353,3 +353,28 @@ func TestIPSelectHashAgrees(t *testing.T) {
 		}
 	}
 }
+
+// The pool state Select keeps beside its slice goes when the pool cache
+// drops the state (its counters are released with it).
+func TestIPSelectLastPoolDropped(t *testing.T) {
+	p := &IPAffinity{}
+	provision(t, p)
+	pool := testPool(3)
+	r := func() *http.Request { return clientRequest("192.0.2.7", "192.0.2.7:1") }
+	p.Select(pool, r(), nil) // builds the state
+	p.Select(pool, r(), nil) // the slice is known: kept beside it
+	lp := p.last.Load()
+	if lp == nil {
+		t.Fatal("no state kept for a slice seen twice")
+	}
+	for i := range 6 { // more distinct pools than the cache keeps
+		other := testPool(3 + i + 1)
+		p.Select(other, r(), nil)
+	}
+	if now := p.last.Load(); now != nil && now.Table == lp.Table {
+		t.Fatal("the kept state outlived its eviction from the pool cache")
+	}
+	if got := p.Select(pool, r(), nil); got == nil || !slices.Contains(pool, got) {
+		t.Fatalf("after eviction: chose %v", got)
+	}
+}
