@@ -34,9 +34,10 @@ const IPPolicyName = "ip_affinity"
 // policy: the same client and the same upstream addresses give the same
 // upstream in both, and in every Caddy instance.
 type IPAffinity struct {
-	// First, and within 32 bytes so within one cache line wherever the
-	// struct lands: what every request reads (in a busy server each line a
-	// selection touches is likely a miss).
+	// First, within 32 bytes: what every request reads (in a busy server
+	// each cache line a selection touches is likely a miss). One line as
+	// long as Go's size class for this struct puts it at a multiple of 32
+	// bytes, as its 352 bytes do now.
 	last atomic.Pointer[lastPool] // the pool Select saw last (8 bytes)
 	// triedKey names the request variable holding the upstreams earlier
 	// attempts of a request used, one per instance (a policy may be
@@ -83,10 +84,17 @@ type lastPool struct {
 // poolState returns the state of pool and keeps it as the last one (Select
 // checks that first).
 func (s *IPAffinity) poolState(pool reverseproxy.UpstreamPool) *affinity.IPPool {
+	drops := s.pools.Drops()
 	p, same := s.pools.GetSame(pool)
 	if same {
 		// Dynamic upstreams are a new slice each time: not worth keeping.
-		s.last.Store(&lastPool{first: &pool[0], n: len(pool), IPPool: *p})
+		lp := &lastPool{first: &pool[0], n: len(pool), IPPool: *p}
+		s.last.Store(lp)
+		if s.pools.Drops() != drops {
+			// The state may have been dropped before it was kept, where
+			// Drop could not see it (its counters are released).
+			s.last.CompareAndSwap(lp, nil)
+		}
 	}
 	return p
 }

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -308,9 +309,13 @@ func TestIPSelectAllocations(t *testing.T) {
 	}
 }
 
-// selectHash, the common case's short path, chooses what selectFull does:
-// small pools (LookupDirect) and larger ones, prefixes, IPv4 and IPv6
-// clients, first attempts and retries, with and without draining.
+// Select's short path for the common case chooses, counts and remembers
+// what selectFull does: small pools (LookupDirect) and larger ones,
+// prefixes, IPv4 and IPv6 clients, requests without Caddy's variables,
+// slices that change. Retries and draining take the full path in both, and
+// are here to show the short path hands them over. (Unavailable upstreams
+// are in the integration tests: Caddy's Upstream has no exported way to
+// mark one down.)
 func TestIPSelectHashAgrees(t *testing.T) {
 	for _, n := range []int{1, 3, 8, 12} {
 		pool := testPool(n)
@@ -332,6 +337,14 @@ func TestIPSelectHashAgrees(t *testing.T) {
 					cip = fmt.Sprintf("2001:db8:%x:%x::%x", i, i*7, i)
 				}
 				rf, rs := clientRequest(cip, "127.0.0.1:1"), clientRequest(cip, "127.0.0.1:1")
+				if i%7 == 3 {
+					// No vars: the peer address is the client.
+					rf, rs = httptest.NewRequest("GET", "/", nil), httptest.NewRequest("GET", "/", nil)
+					rf.RemoteAddr, rs.RemoteAddr = cip+":1", cip+":1"
+					if strings.Contains(cip, ":") {
+						rf.RemoteAddr, rs.RemoteAddr = "["+cip+"]:1", "["+cip+"]:1"
+					}
+				}
 				// The pool Select saw last, a shorter one over the same
 				// array, and the same upstreams in a new slice (dynamic
 				// upstreams), in turn: the state must follow the slice.
@@ -343,9 +356,27 @@ func TestIPSelectHashAgrees(t *testing.T) {
 					pl = slices.Clone(pool)
 				}
 				for attempt := range min(len(pl), 3) {
-					got, want := fast.Select(pl, rf, nil), full.Select(pl, rs, nil)
+					hits := func() (total uint64) {
+						for _, u := range pool {
+							total += affinity.CountersFor(IPPolicyName, u.Dial).Count(affinity.ResultHit)
+						}
+						return total
+					}
+					h0 := hits()
+					got := fast.Select(pl, rf, nil)
+					h1 := hits()
+					want := full.Select(pl, rs, nil)
+					h2 := hits()
 					if got != want {
 						t.Fatalf("%d upstreams, draining %v, %s, attempt %d: short path chose %v, full path %v", n, drain, cip, attempt+1, got.Dial, want.Dial)
+					}
+					if h1-h0 != h2-h1 {
+						t.Fatalf("%s, attempt %d: the short path counted %d hits, the full path %d", cip, attempt+1, h1-h0, h2-h1)
+					}
+					vf, _ := rf.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+					vs, _ := rs.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+					if fmt.Sprint(vf[fast.triedKey]) != fmt.Sprint(vs[full.triedKey]) {
+						t.Fatalf("%s, attempt %d: the short path remembered %v, the full path %v", cip, attempt+1, vf[fast.triedKey], vs[full.triedKey])
 					}
 				}
 			}

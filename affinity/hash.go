@@ -92,7 +92,7 @@ type position struct {
 	counters *Counters // its counters, in an IPPool's copy
 }
 
-// Pools of up to directMax upstreams compute primaries (see Table.seeds):
+// Pools of up to directMax upstreams compute primaries (see Table.direct):
 // eight scores cost about as much as one miss to memory.
 const directMax = 8
 

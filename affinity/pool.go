@@ -73,8 +73,9 @@ type PoolCache[U comparable, S any] struct {
 	Drop func(S)
 
 	snaps  [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
-	next   int  // slot the next new pool replaces; guarded by mu
-	closed bool // guarded by mu
+	drops  atomic.Uint64 // states dropped so far
+	next   int           // slot the next new pool replaces; guarded by mu
+	closed bool          // guarded by mu
 	mu     sync.Mutex
 }
 
@@ -147,13 +148,11 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 	if c.closed {
 		// A request still in flight after its config was unloaded: serve
 		// it, but keep nothing that no Close would ever release.
-		if c.Drop != nil {
-			c.Drop(n.state)
-		}
+		c.drop(n.state)
 		return n.state
 	}
-	if old := c.snaps[c.next].Swap(n); old != nil && c.Drop != nil {
-		c.Drop(old.state)
+	if old := c.snaps[c.next].Swap(n); old != nil {
+		c.drop(old.state)
 	}
 	c.next = (c.next + 1) % poolCacheSlots
 	return n.state
@@ -166,8 +165,22 @@ func (c *PoolCache[U, S]) Close() {
 	defer c.mu.Unlock()
 	c.closed = true
 	for i := range c.snaps {
-		if old := c.snaps[i].Swap(nil); old != nil && c.Drop != nil {
-			c.Drop(old.state)
+		if old := c.snaps[i].Swap(nil); old != nil {
+			c.drop(old.state)
 		}
 	}
 }
+
+// drop counts a state dropped, then releases it.
+func (c *PoolCache[U, S]) drop(state S) {
+	c.drops.Add(1)
+	if c.Drop != nil {
+		c.Drop(state)
+	}
+}
+
+// Drops returns how many states the cache has dropped so far. A caller that
+// keeps a state beside the cache reads it before GetSame and again after
+// keeping the state: if it moved meanwhile, the state may have been
+// dropped in between, and the caller lets it go.
+func (c *PoolCache[U, S]) Drops() uint64 { return c.drops.Load() }

@@ -236,3 +236,21 @@ func TestPoolCacheAlternatingPools(t *testing.T) {
 		t.Fatalf("same addresses in new objects: %q after %d builds", got, builds.Load())
 	}
 }
+
+func TestPoolCacheDrops(t *testing.T) {
+	c := PoolCache[string, int]{Addr: func(u string) string { return u }, Build: func(a []string) int { return len(a) }}
+	for i := range poolCacheSlots {
+		c.Get(make([]string, i+1))
+	}
+	if c.Drops() != 0 {
+		t.Fatalf("%d drops before the cache was full", c.Drops())
+	}
+	c.Get(make([]string, poolCacheSlots+1))
+	if c.Drops() != 1 {
+		t.Fatalf("%d drops after one eviction, want 1", c.Drops())
+	}
+	c.Close()
+	if c.Drops() != 1+poolCacheSlots {
+		t.Fatalf("%d drops after Close, want %d", c.Drops(), 1+poolCacheSlots)
+	}
+}

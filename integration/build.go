@@ -48,8 +48,10 @@ func BuildCaddy(ctx context.Context, out string, extra ...string) error {
 		CaddyVersion: CaddyVersion,
 		Plugins:      []xcaddy.Dependency{{PackagePath: ModulePath, Version: "v0.0.0"}},
 		Replacements: []xcaddy.Replace{xcaddy.NewReplace(ModulePath+"@v0.0.0", RepoRoot())},
-		// As the xcaddy command does: e.g. "-trimpath" keeps the symbols
-		// that perf needs, which xcaddy's default flags strip.
+		// As the xcaddy command does. Any flags replace xcaddy's
+		// defaults (-ldflags "-w -s" -trimpath -tags ...), e.g.
+		// "-trimpath -tags nobadger,nomysql,nopgx" keeps the symbols perf
+		// needs. The Makefile does not rebuild when it changes.
 		BuildFlags: os.Getenv("XCADDY_GO_BUILD_FLAGS"),
 	}
 	for _, dir := range extra {

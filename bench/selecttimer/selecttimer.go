@@ -7,8 +7,8 @@
 // too coarsely to compare two policies that each take about 1 % of the CPU.
 // Timing every call counts what a benchmark loop cannot: the cache misses
 // and cross-core traffic of a server doing everything else between
-// selections. The two clock reads it adds (about 50 ns) fall on every
-// policy alike. It keeps a histogram, not only a sum: on a machine where
+// selections. Its clock reads cost every policy alike (about one read,
+// some 25 ns, falls inside the interval timed). It keeps a histogram, not only a sum: on a machine where
 // the load generator and the backends share the CPUs with Caddy, a few
 // selections are descheduled midway and take milliseconds of wall time,
 // which would swamp a plain mean.

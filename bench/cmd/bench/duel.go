@@ -19,11 +19,9 @@ type duel struct {
 	Rounds   []duelRound
 }
 
-// duelRound is one round of a duel.
+// duelRound is one round of a duel: each side's selections in its window.
 type duelRound struct {
 	Case, Vs selectStats
-	// Requests each side served.
-	Requests, VsRequests int64
 }
 
 // duelPairs are the duels make bench runs: each plugin policy against the
@@ -40,7 +38,7 @@ func runDuels(ctx context.Context, c config, w wrkRunner, admin string, cases []
 		}
 		du := &duel{ID: k.ID, VsID: vs.ID}
 		for r := range c.duelRounds {
-			round, err := duelOnce(ctx, w, admin, k, vs, c.duelDuration)
+			round, err := duelOnce(ctx, w, admin, k, vs, c.duelDuration, r%2 == 0)
 			if err != nil {
 				return nil, fmt.Errorf("duel %s vs %s, round %d: %v", k.Name, vs.Name, r+1, err)
 			}
@@ -52,36 +50,48 @@ func runDuels(ctx context.Context, c config, w wrkRunner, admin string, cases []
 	return out, nil
 }
 
-func duelOnce(ctx context.Context, w wrkRunner, admin string, k, vs *benchCase, d time.Duration) (duelRound, error) {
-	before, err := readTimer(admin)
-	if err != nil {
-		return duelRound{}, err
+// duelOnce runs one round: both wrk at once, the one started first taking
+// turns by round (first), and the selections timed only while both run,
+// from duelMargin after the start to duelMargin before the end, so that
+// neither case has the server to itself in the window.
+func duelOnce(ctx context.Context, w wrkRunner, admin string, k, vs *benchCase, d time.Duration, first bool) (duelRound, error) {
+	if d < 3*duelMargin {
+		return duelRound{}, fmt.Errorf("duel rounds need at least %v", 3*duelMargin)
 	}
 	type result struct {
 		s   sample
 		err error
 	}
-	done := make(chan result, 1)
-	go func() {
-		s, err := w.run(ctx, vs, d)
-		done <- result{s, err}
-	}()
-	s, err := w.run(ctx, k, d)
-	other := <-done
+	a, b := k, vs
+	if !first {
+		a, b = vs, k
+	}
+	done := make(chan result, 2)
+	var got [2]result
+	for _, c := range []*benchCase{a, b} {
+		go func() {
+			s, err := w.run(ctx, c, d)
+			done <- result{s, err}
+		}()
+	}
+	before, err := timerAfter(ctx, admin, duelMargin)
+	var after timerSums
 	if err == nil {
-		err = other.err
+		after, err = timerAfter(ctx, admin, d-2*duelMargin)
+	}
+	got[0], got[1] = <-done, <-done
+	for _, g := range got {
+		if err == nil {
+			err = g.err
+		}
+		if err == nil && g.s.Errors+g.s.Status > 0 {
+			err = fmt.Errorf("wrk saw errors or bad statuses")
+		}
 	}
 	if err != nil {
 		return duelRound{}, err
 	}
-	if s.Errors+s.Status+other.s.Errors+other.s.Status > 0 {
-		return duelRound{}, fmt.Errorf("wrk saw errors or bad statuses")
-	}
-	after, err := readTimer(admin)
-	if err != nil {
-		return duelRound{}, err
-	}
-	round := duelRound{Requests: s.Requests, VsRequests: other.s.Requests}
+	var round duelRound
 	if round.Case, err = selections(before, after, k.ID); err != nil {
 		return duelRound{}, err
 	}
@@ -89,6 +99,20 @@ func duelOnce(ctx context.Context, w wrkRunner, admin string, k, vs *benchCase, 
 		return duelRound{}, err
 	}
 	return round, nil
+}
+
+// duelMargin is how long a duel round runs before and after the window in
+// which its selections count.
+const duelMargin = 500 * time.Millisecond
+
+// timerAfter reads the timer once d has passed.
+func timerAfter(ctx context.Context, admin string, d time.Duration) (timerSums, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(d):
+	}
+	return readTimer(admin)
 }
 
 func (r duelRound) ratio() float64 { return float64(r.Case.Mean) / float64(r.Vs.Mean) }
@@ -103,6 +127,29 @@ func (du *duel) ratios() []float64 {
 		}
 	}
 	return x
+}
+
+// untrimmed is ratios of the means of every selection, slow ones included.
+func (du *duel) untrimmed() []float64 {
+	var x []float64
+	for _, r := range du.Rounds {
+		if r.Vs.All > 0 {
+			x = append(x, float64(r.Case.All)/float64(r.Vs.All))
+		}
+	}
+	return x
+}
+
+// slow returns the median fraction of each side's selections over 50 µs.
+func (du *duel) slow() (k, vs float64) {
+	var a, b []float64
+	for _, r := range du.Rounds {
+		a, b = append(a, r.Case.Slow), append(b, r.Vs.Slow)
+	}
+	if len(a) == 0 {
+		return 0, 0
+	}
+	return median(a), median(b)
 }
 
 // medians returns the median over the rounds of each side's mean selection

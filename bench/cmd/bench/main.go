@@ -294,6 +294,7 @@ func measure(ctx context.Context, c config, w wrkRunner, meter *cpuMeter, k *ben
 		if err != nil {
 			return sample{}, err
 		}
+		proxyAfter := procTicks(strconv.Itoa(k.pid))
 		if timed {
 			after, err := readTimer(admin)
 			if err == nil {
@@ -306,7 +307,7 @@ func measure(ctx context.Context, c config, w wrkRunner, meter *cpuMeter, k *ben
 		s.Foreign, s.Attempt = foreign(before, meter.snap()), attempt
 		if s.Requests > 0 {
 			// CPU per request is steadier than req/s on a busy machine.
-			s.ProxyCPU = time.Duration(procTicks(strconv.Itoa(k.pid))-proxy) * clockTick / time.Duration(s.Requests)
+			s.ProxyCPU = time.Duration(proxyAfter-proxy) * clockTick / time.Duration(s.Requests)
 		}
 		if attempt == 1 || s.Foreign < best.Foreign {
 			best = s

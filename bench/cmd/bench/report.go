@@ -512,19 +512,23 @@ func markdown(r *results) string {
 		p("## Selection cost inside Caddy\n\n")
 		p("Caddy runs every Caddy case's policy inside `select_timer` (bench/selecttimer, built into make bench's Caddy only): it times each call of the policy's `Select` " +
 			"in the loaded server and keeps a histogram. The column *selection inside Caddy* above is the median over the rounds of each run's mean, leaving out the few calls " +
-			"(well under 1 %%) that took over 50 µs because the thread was descheduled midway; the two clock reads add about 50 ns to every case alike. " +
+			"that took over 50 µs, nearly all because the thread was descheduled midway (their share, and the ratio with them, are in the duel table); about one clock read (some 25 ns) falls inside every timed call alike. " +
 			"This is where the Caddy cases differ: everything else a request costs is the same code. A selection takes 1 to 2 %% of a proxied request's time here, " +
 			"so whole-request req/s cannot tell two policies apart by less than the machine's round-to-round noise.\n\n")
 		p("Run one after the other, two cases meet different spells of the shared machine. So each pair below also ran as a *duel*: both cases at once, each with its own wrk, "+
-			"%d rounds of %d s; their requests interleave within microseconds in one Caddy, on the same CPUs and caches. Each round gives the ratio of the two mean selection times; "+
+			"%d rounds of %d s, the case started first taking turns, the selections counted only while both run (from 0.5 s after the start to 0.5 s before the end); "+
+			"their requests interleave within microseconds in one Caddy, on the same CPUs and caches. Each round gives the ratio of the two mean selection times; "+
 			"the table gives the median ratio with its 95 %% interval (as for the targets). Their req/s are not compared: closed-loop clients of one process get about equal turns by construction.\n\n",
 			c.duelRounds, int(c.duelDuration/time.Second))
-		p("| duel | selection time, median of rounds | ratio | rounds |\n|---|---:|---:|---:|\n")
+		p("| duel | selection time, median of rounds | ratio | over 50 µs | ratio with those | rounds |\n|---|---:|---:|---:|---:|---:|\n")
 		for _, du := range r.duels {
 			k, vs := caseByID(r.cases, du.ID), caseByID(r.cases, du.VsID)
 			a, b := du.medians()
 			med, lo, hi, cover := medianInterval(du.ratios(), 0.95)
-			p("| %s vs %s | %.0f vs %.0f ns | %.3fx (%s %.3f-%.3f) | %d |\n", k.Name, vs.Name, float64(a), float64(b), med, intervalName(cover), lo, hi, len(du.Rounds))
+			sa, sb := du.slow()
+			umed, ulo, uhi, ucover := medianInterval(du.untrimmed(), 0.95)
+			p("| %s vs %s | %.0f vs %.0f ns | %.3fx (%s %.3f-%.3f) | %.2f vs %.2f %% | %.3fx (%s %.3f-%.3f) | %d |\n", k.Name, vs.Name, float64(a), float64(b),
+				med, intervalName(cover), lo, hi, 100*sa, 100*sb, umed, intervalName(ucover), ulo, uhi, len(du.Rounds))
 		}
 		p("\n")
 	}

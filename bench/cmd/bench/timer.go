@@ -64,6 +64,8 @@ type selectStats struct {
 	P50  time.Duration
 	// Slow is the fraction of selections left out of Mean.
 	Slow float64
+	// All is the mean of every selection, the slow ones included.
+	All time.Duration
 }
 
 // selections computes the stats of label's selections between two reads.
@@ -87,6 +89,9 @@ func selections(before, after timerSums, label string) (selectStats, error) {
 		return selectStats{}, fmt.Errorf("select_timer counted no selection of %s", label)
 	}
 	st := selectStats{Mean: time.Duration(sum / kept), Slow: float64(n-kept) / float64(n)}
+	if dn := after[label].Selections - before[label].Selections; dn > 0 {
+		st.All = time.Duration((after[label].Nanoseconds - before[label].Nanoseconds) / dn)
+	}
 	var c uint64
 	for i := range h {
 		if c += h[i]; 2*c >= n {
