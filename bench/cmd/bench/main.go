@@ -52,6 +52,7 @@ type config struct {
 	timer               bool // the Caddy binary has select_timer: time every Caddy case's selections
 	duelRounds          int
 	duelDuration        time.Duration
+	sideRounds          int
 }
 
 func main() {
@@ -79,10 +80,11 @@ func main() {
 	flag.DurationVar(&c.quietWait, "quiet-wait", 30*time.Second, "before each run, wait up to this long for the other processes to use at most -max-other")
 	flag.IntVar(&c.duelRounds, "duel-rounds", 20, "rounds of each duel (two cases at once, their selections timed inside Caddy; needs select_timer)")
 	flag.DurationVar(&c.duelDuration, "duel-duration", 3*time.Second, "wrk run per duel round")
+	flag.IntVar(&c.sideRounds, "side-rounds", 12, "rounds of each side-by-side comparison (two cases in two Caddy processes at once, -duration each)")
 	flag.BoolVar(&c.pprof, "pprof", false, "save a CPU profile of Caddy per Caddy case during the first round into <out>/results/raw/ (perturbs that round)")
 	flag.Parse()
 	if c.quick {
-		c.rounds, c.duration, c.warmup, c.duelRounds = 1, 2*time.Second, 0, 2
+		c.rounds, c.duration, c.warmup, c.duelRounds, c.sideRounds = 1, 2*time.Second, 0, 2, 2
 	}
 	if c.rounds < 1 || c.duration <= 0 || c.connections < 1 || c.addresses < 1 || c.threads < 1 || c.backends < 2 {
 		fatalf("need -rounds >= 1, -duration > 0, -c >= 1, -addresses >= 1, -t >= 1 and -backends >= 2")
@@ -261,6 +263,11 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 	}
 	if c.timer && c.duelRounds > 0 {
 		if res.duels, err = runDuels(ctx, c, w, admin, res.cases); err != nil {
+			return err
+		}
+	}
+	if c.sideRounds > 0 {
+		if res.sides, err = runSideBySide(ctx, c, w, work, bs, res.cases); err != nil {
 			return err
 		}
 	}

@@ -25,6 +25,7 @@ type results struct {
 	ip                ipFigures
 	mem               memFigures
 	duels             []*duel
+	sides             []*sideBySide
 }
 
 // env describes the machine and the software measured.
@@ -240,9 +241,16 @@ func (r *results) targets() []target {
 			out = append(out, target{Goal: goal})
 			return
 		}
-		t := target{Goal: goal}
+		t := target{Goal: goal + " (one after the other)"}
 		t.Measured, t.Verdict = describe(pairedRatios(k, vs, func(s sample) float64 { return s.RPS }), min, true)
 		out = append(out, t)
+		if sb := r.side(id, vsID); sb != nil && len(sb.Rounds) > 0 {
+			t := target{Goal: goal + " (side by side)"}
+			t.Measured, t.Verdict = describe(sb.rpsRatios(), min, true)
+			cpu, _, _, _ := medianInterval(sb.cpuRatios(), 0.95)
+			t.Measured += fmt.Sprintf("; CPU per request %.3fx as cheap", cpu)
+			out = append(out, t)
+		}
 	}
 	p99 := func(id string) {
 		k := caseByID(r.cases, id)
@@ -290,6 +298,16 @@ func (r *results) targets() []target {
 		mem.Verdict = verdictPass
 	}
 	return append(out, mem)
+}
+
+// side returns the side-by-side comparison of id against vsID, or nil.
+func (r *results) side(id, vsID string) *sideBySide {
+	for _, sb := range r.sides {
+		if sb.ID == id && sb.VsID == vsID {
+			return sb
+		}
+	}
+	return nil
 }
 
 // duel returns the duel of id against vsID, or nil.
@@ -418,7 +436,8 @@ func writeRaw(path string, r *results) error {
 		IP      ipFigures
 		Memory  memFigures
 		Duels   []*duel
-	}{Started: r.started, Env: r.env, IP: r.ip, Memory: r.mem, Duels: r.duels}
+		Sides   []*sideBySide
+	}{Started: r.started, Env: r.env, IP: r.ip, Memory: r.mem, Duels: r.duels, Sides: r.sides}
 	for _, k := range r.cases {
 		raw.Cases = append(raw.Cases, rawCase{k.ID, k.Name, k.samples})
 	}
@@ -507,6 +526,30 @@ func markdown(r *results) string {
 	}
 	p("\nThe machine is shared and small; a ratio within a few percent of its target can go either way between runs in turn. " +
 		"The req/s range column shows the spread between rounds.\n\n")
+
+	if len(r.sides) > 0 {
+		p("## Side by side\n\n")
+		p("Run one after the other, adjacent runs of one case differ by 10 to 30 %% on this shared machine, more than two policies differ, and a slow spell can fall on "+
+			"several runs of one case. So each pair a req/s target compares also ran side by side: each case in a Caddy process of its own (the same binary and config as above, "+
+			"one site each), both loaded by their own wrk at the same time, %d rounds of %d s, the one started first taking turns. The two processes share the CPUs by the kernel's "+
+			"fair scheduling, so the cheaper configuration serves more requests in its share; both meet the same spells of the machine. Each round gives the ratio of the two req/s "+
+			"and of the two CPU times per request (the other's over the case's: above 1 is cheaper); the table gives their medians with 95 %% intervals.\n\n",
+			c.sideRounds, int(c.duration/time.Second))
+		p("| pair | req/s, median of rounds | req/s ratio | CPU per request, median | CPU ratio (above 1: cheaper) | rounds |\n|---|---:|---:|---:|---:|---:|\n")
+		for _, sb := range r.sides {
+			k, vs := caseByID(r.cases, sb.ID), caseByID(r.cases, sb.VsID)
+			var ra, rb []float64
+			var ca, cb []time.Duration
+			for _, x := range sb.Rounds {
+				ra, rb, ca, cb = append(ra, x.RPS), append(rb, x.VsRPS), append(ca, x.CPU), append(cb, x.VsCPU)
+			}
+			med, lo, hi, cover := medianInterval(sb.rpsRatios(), 0.95)
+			cmed, clo, chi, ccover := medianInterval(sb.cpuRatios(), 0.95)
+			p("| %s vs %s | %.0f vs %.0f | %.3fx (%s %.3f-%.3f) | %.1f vs %.1f µs | %.3fx (%s %.3f-%.3f) | %d |\n", k.Name, vs.Name, median(ra), median(rb),
+				med, intervalName(cover), lo, hi, us(median(ca)), us(median(cb)), cmed, intervalName(ccover), clo, chi, len(sb.Rounds))
+		}
+		p("\n")
+	}
 
 	if len(r.duels) > 0 {
 		p("## Selection cost inside Caddy\n\n")
