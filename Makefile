@@ -6,7 +6,7 @@ CADDY   := bin/caddy
 BENCH_CADDY := bin/caddy-bench
 SOURCES := $(shell find . -name '*.go' -not -path './bin/*' -not -path './bench/*') go.mod go.sum
 
-# The integration tests, the demo and the benchmarks share one Caddy build.
+# The integration tests and the demo share one Caddy build.
 export AFFINITY_CADDY := $(CURDIR)/$(CADDY)
 
 .PHONY: demo test caddy deps vet fmt-check unit bench bench-go soak clean
@@ -46,7 +46,7 @@ unit:
 	$(GO) test -race -count=1 ./affinity/... ./cookie/... ./caddyfile/...
 
 ## bench: wrk on loopback against Caddy's policies, the plugin's and HAProxy;
-## writes docs/results.md and its plots (about 13 minutes; BENCH_FLAGS=-quick for about one)
+## writes docs/results.md and its plots (about 20 minutes; BENCH_FLAGS=-quick for about two)
 bench: $(BENCH_CADDY)
 	@./scripts/install-deps.sh --bench
 	cd bench && $(GO) run ./cmd/bench -caddy $(CURDIR)/$(BENCH_CADDY) -out ../docs $(BENCH_FLAGS)

@@ -416,6 +416,19 @@ func BenchmarkTableLookup(b *testing.B) {
 	_ = sum
 }
 
+// A small pool computes its slot's upstream (Table.direct) instead of
+// reading the table: a few ns more in this loop, no cache miss in a server.
+func BenchmarkTableLookupDirect(b *testing.B) {
+	tab := NewTable(tableAddrs(3))
+	hs := tableClientHashes(1 << 16)
+	b.ReportAllocs()
+	sum := 0
+	for i := 0; b.Loop(); i++ {
+		sum += tab.Lookup(hs[i&(1<<16-1)])
+	}
+	_ = sum
+}
+
 func BenchmarkTableLookupFunc(b *testing.B) {
 	tab := NewTable(tableAddrs(16))
 	hs := tableClientHashes(1 << 16)
