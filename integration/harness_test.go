@@ -67,13 +67,23 @@ func TestMain(m *testing.M) {
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		// The kernel may hand a port it just freed out again; two sites of
+		// one config on one port make Caddy refuse it.
+		if _, dup := portsHandedOut.LoadOrStore(port, true); !dup {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// portsHandedOut holds every port freePort returned in this process.
+var portsHandedOut sync.Map
 
 // waitFor polls cond until it holds or the deadline passes: a readiness
 // check, not a sleep.
@@ -257,9 +267,18 @@ type backend struct {
 func newBackend(t testing.TB, name string) *backend {
 	t.Helper()
 	b := &backend{t: t, name: name}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var ln net.Listener
+	for ln == nil {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Not a port freePort handed out and a Caddy may be about to bind.
+		if _, dup := portsHandedOut.LoadOrStore(l.Addr().(*net.TCPAddr).Port, true); dup {
+			l.Close()
+			continue
+		}
+		ln = l
 	}
 	b.addr = ln.Addr().String()
 	b.serve(ln)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -75,13 +76,23 @@ func (bs *backends) close() {
 
 // freeAddr returns a loopback address whose port was free a moment ago.
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		// The kernel may hand a port it just freed out again; two sites of
+		// one config on one port make Caddy refuse it.
+		if _, dup := addrsHandedOut.LoadOrStore(addr, true); !dup {
+			return addr, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
+
+// addrsHandedOut holds every address freeAddr returned in this process.
+var addrsHandedOut sync.Map
 
 // proc is a server child process.
 type proc struct {
