@@ -89,6 +89,9 @@ func main() {
 	if c.rounds < 1 || c.duration <= 0 || c.connections < 1 || c.addresses < 1 || c.threads < 1 || c.backends < 2 {
 		fatalf("need -rounds >= 1, -duration > 0, -c >= 1, -addresses >= 1, -t >= 1 and -backends >= 2")
 	}
+	if c.duelRounds < 0 || c.sideRounds < 0 || (c.duelRounds > 0 && c.duelDuration < 3*duelMargin) {
+		fatalf("need -duel-rounds >= 0, -side-rounds >= 0 and, with duels, -duel-duration >= %v", 3*duelMargin)
+	}
 
 	// Children get SIGTERM through the context on Ctrl-C as well as at the end.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

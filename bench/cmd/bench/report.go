@@ -219,7 +219,14 @@ func describe(x []float64, goal float64, atLeast bool) (string, verdict) {
 			v = verdictOpenMisses
 		}
 	}
-	return fmt.Sprintf("%.3fx (%s %.3f-%.3f, %d rounds)", med, intervalName(cover), lo, hi, len(x)), v
+	return fmt.Sprintf("%s, %d rounds)", strings.TrimSuffix(ratioInterval(x), ")"), len(x)), v
+}
+
+// ratioInterval formats the median of per-round ratios x with its 95 %
+// interval (or the range, when there are too few rounds for one).
+func ratioInterval(x []float64) string {
+	med, lo, hi, cover := medianInterval(x, 0.95)
+	return fmt.Sprintf("%.3fx (%s %.3f-%.3f)", med, intervalName(cover), lo, hi)
 }
 
 // intervalName names an interval of the median by its coverage.
@@ -543,10 +550,8 @@ func markdown(r *results) string {
 			for _, x := range sb.Rounds {
 				ra, rb, ca, cb = append(ra, x.RPS), append(rb, x.VsRPS), append(ca, x.CPU), append(cb, x.VsCPU)
 			}
-			med, lo, hi, cover := medianInterval(sb.rpsRatios(), 0.95)
-			cmed, clo, chi, ccover := medianInterval(sb.cpuRatios(), 0.95)
-			p("| %s vs %s | %.0f vs %.0f | %.3fx (%s %.3f-%.3f) | %.1f vs %.1f µs | %.3fx (%s %.3f-%.3f) | %d |\n", k.Name, vs.Name, median(ra), median(rb),
-				med, intervalName(cover), lo, hi, us(median(ca)), us(median(cb)), cmed, intervalName(ccover), clo, chi, len(sb.Rounds))
+			p("| %s vs %s | %.0f vs %.0f | %s | %.1f vs %.1f µs | %s | %d |\n", k.Name, vs.Name, median(ra), median(rb),
+				ratioInterval(sb.rpsRatios()), us(median(ca)), us(median(cb)), ratioInterval(sb.cpuRatios()), len(sb.Rounds))
 		}
 		p("\n")
 	}
@@ -556,7 +561,7 @@ func markdown(r *results) string {
 		p("Caddy runs every Caddy case's policy inside `select_timer` (bench/selecttimer, built into make bench's Caddy only): it times each call of the policy's `Select` " +
 			"in the loaded server and keeps a histogram. The column *selection inside Caddy* above is the median over the rounds of each run's mean, leaving out the few calls " +
 			"that took over 50 µs, nearly all because the thread was descheduled midway (their share, and the ratio with them, are in the duel table); about one clock read (some 25 ns) falls inside every timed call alike. " +
-			"This is where the Caddy cases differ: everything else a request costs is the same code. A selection takes 1 to 2 %% of a proxied request's time here, " +
+			"This is where the Caddy cases differ: everything else a request costs is the same code. A selection takes 0.2 to 3 %% of a proxied request's time here, " +
 			"so whole-request req/s cannot tell two policies apart by less than the machine's round-to-round noise.\n\n")
 		p("Run one after the other, two cases meet different spells of the shared machine. So each pair below also ran as a *duel*: both cases at once, each with its own wrk, "+
 			"%d rounds of %d s, the case started first taking turns, the selections counted only while both run (from 0.5 s after the start to 0.5 s before the end); "+
@@ -567,11 +572,9 @@ func markdown(r *results) string {
 		for _, du := range r.duels {
 			k, vs := caseByID(r.cases, du.ID), caseByID(r.cases, du.VsID)
 			a, b := du.medians()
-			med, lo, hi, cover := medianInterval(du.ratios(), 0.95)
 			sa, sb := du.slow()
-			umed, ulo, uhi, ucover := medianInterval(du.untrimmed(), 0.95)
-			p("| %s vs %s | %.0f vs %.0f ns | %.3fx (%s %.3f-%.3f) | %.2f vs %.2f %% | %.3fx (%s %.3f-%.3f) | %d |\n", k.Name, vs.Name, float64(a), float64(b),
-				med, intervalName(cover), lo, hi, 100*sa, 100*sb, umed, intervalName(ucover), ulo, uhi, len(du.Rounds))
+			p("| %s vs %s | %.0f vs %.0f ns | %s | %.2f vs %.2f %% | %s | %d |\n", k.Name, vs.Name, float64(a), float64(b),
+				ratioInterval(du.ratios()), 100*sa, 100*sb, ratioInterval(du.untrimmed()), len(du.Rounds))
 		}
 		p("\n")
 	}
