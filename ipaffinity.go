@@ -188,14 +188,14 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	// walking the request's context chain is the costliest step here.
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 	if !s.plain || affinity.AnyDraining() {
-		return s.selectFull(pool, r, w, vars)
+		return s.selectFull(pool, r, w, vars, nil)
 	}
 	if _, retry := vars[s.triedKey]; retry {
-		return s.selectFull(pool, r, w, vars)
+		return s.selectFull(pool, r, w, vars, nil)
 	}
 	h, ok := affinity.HashHostAddr(s.clientAddr(r, vars), int(s.v4), int(s.v6))
 	if !ok {
-		return s.selectFull(pool, r, w, vars)
+		return s.selectFull(pool, r, w, vars, nil)
 	}
 	var p *affinity.IPPool
 	if lp := s.last.Load(); lp != nil && lp.n == len(pool) && lp.first == &pool[0] {
@@ -206,14 +206,14 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	i, c, dial, ok := p.LookupDirect(h)
 	if !ok {
 		if i = p.Table.Lookup(h); i < 0 {
-			return s.selectFull(pool, r, w, vars)
+			return s.selectFull(pool, r, w, vars, nil)
 		}
 		c, dial = p.Counters[i], p.Addrs[i]
 	}
 	u := pool[i]
 	if dial != u.Dial || !u.Available() {
 		// A stale pool state (see IPPool.Stale), or the upstream is down.
-		return s.selectFull(pool, r, w, vars)
+		return s.selectFull(pool, r, w, vars, nil)
 	}
 	c.Record(affinity.ResultHit, affinity.ReasonNone)
 	if vars != nil {
@@ -231,11 +231,29 @@ func (s *IPAffinity) logHit(r *http.Request, vars map[string]any, u *reverseprox
 	ip.LogDecision(s.decide, IPPolicyName, affinity.MaskClient(addr, int(s.v4), int(s.v6)), u.Dial, affinity.ResultHit, false)
 }
 
+// SelectSubset is Select among the upstreams of pool that skip does not
+// exclude, for a policy whose fallback this is: handing it the whole pool
+// with a filter, rather than a new slice for each subset, keeps the hash
+// table of the whole pool, where every distinct subset would cost a table
+// of its own (a partial outage yields many).
+func (s *IPAffinity) SelectSubset(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream {
+	if len(pool) == 0 {
+		return nil
+	}
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	return s.selectFull(pool, r, w, vars, skip)
+}
+
 // selectFull is every case: session tables, bounded loads, draining,
-// retries, unavailable upstreams, clients without an IP.
-func (s *IPAffinity) selectFull(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, vars map[string]any) *reverseproxy.Upstream {
+// retries, unavailable upstreams, clients without an IP, and the
+// upstreams a caller excludes (skip, or nil).
+func (s *IPAffinity) selectFull(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, vars map[string]any, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream {
 	addr, ok := affinity.ParseHostAddr(s.clientAddr(r, vars))
 	if !ok {
+		if skip != nil {
+			// Rare (a unix-socket listener): the fallback gets a subset.
+			pool = cookie.Without(pool, skip)
+		}
 		if s.fallback == nil {
 			// No IP to be affine to (a unix-socket listener, say): serve
 			// the request rather than fail it.
@@ -261,6 +279,9 @@ func (s *IPAffinity) selectFull(pool reverseproxy.UpstreamPool, r *http.Request,
 	// that already failed it are passed over (see ChooseIP).
 	tried := triedUpstreams(vars, s.triedKey)
 	avail := func(i int) bool { return pool[i].Available() }
+	if skip != nil {
+		avail = func(i int) bool { return pool[i].Available() && !skip(pool[i]) }
+	}
 	var failed func(i int) bool
 	if tried != nil {
 		failed = func(i int) bool { return triedDial(tried, pool[i].Dial) }
@@ -271,6 +292,9 @@ func (s *IPAffinity) selectFull(pool reverseproxy.UpstreamPool, r *http.Request,
 		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p, k, now, avail, failed, load)
 	}
 	if i < 0 {
+		if skip != nil {
+			pool = cookie.Without(pool, skip)
+		}
 		return s.fallbackSelect(pool, r, w)
 	}
 	if failed != nil && failed(i) {
@@ -364,6 +388,7 @@ func (s *IPAffinity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ reverseproxy.Selector = (*IPAffinity)(nil)
+	_ cookie.SubsetSelector = (*IPAffinity)(nil)
 	_ caddy.Provisioner     = (*IPAffinity)(nil)
 	_ caddy.Validator       = (*IPAffinity)(nil)
 	_ caddy.CleanerUpper    = (*IPAffinity)(nil)

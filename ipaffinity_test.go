@@ -2,6 +2,7 @@ package caddyaffinity
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/cookie"
 	"github.com/caddy-affinity/caddy-affinity/ip"
 )
 
@@ -407,5 +409,65 @@ func TestIPSelectLastPoolDropped(t *testing.T) {
 	}
 	if got := p.Select(pool, r(), nil); got == nil || !slices.Contains(pool, got) {
 		t.Fatalf("after eviction: chose %v", got)
+	}
+}
+
+// TestIPAffinitySubsetsBuildNothing: a policy whose fallback ip_affinity is
+// hands it the whole pool and a filter for each subset of failed or
+// draining upstreams; however many distinct subsets come, the one table of
+// the whole pool serves them all, and the choice stays within the subset.
+func TestIPAffinitySubsetsBuildNothing(t *testing.T) {
+	s := &IPAffinity{}
+	provision(t, s)
+	builds := 0
+	build := s.pools.Build
+	s.pools.Build = func(addrs []string) *affinity.IPPool { builds++; return build(addrs) }
+	pool := testPool(8)
+	for mask := 1; mask < 1<<len(pool)-1; mask++ {
+		skip := func(u *reverseproxy.Upstream) bool {
+			return mask&(1<<slices.Index(pool, u)) != 0
+		}
+		for c := 0; c < 4; c++ {
+			r := clientRequest(fmt.Sprintf("198.51.100.%d", c), "198.51.100.1:5000")
+			up := s.SelectSubset(pool, r, nil, skip)
+			if up == nil || skip(up) {
+				t.Fatalf("subset %08b: chose %v, outside the subset", mask, up)
+			}
+		}
+	}
+	if builds != 1 {
+		t.Fatalf("%d tables built for 254 subsets of one pool, want 1", builds)
+	}
+}
+
+// BenchmarkFallbackRetry is a retry of a new session whose first upstream
+// failed, by sticky_cookie with ip_affinity as its fallback: each retry
+// hands the fallback the pool less the failed upstream.
+func BenchmarkFallbackRetry(b *testing.B) {
+	for _, n := range []int{8, 32} {
+		b.Run(fmt.Sprintf("upstreams=%d", n), func(b *testing.B) {
+			s := &cookie.StickyCookie{Secrets: []string{"bench-secret-0123456789abcdef"},
+				FallbackRaw: json.RawMessage(`{"policy":"ip_affinity"}`)}
+			// A loaded config's logger, quiet: rebinds are logged at info, and a
+			// context without one logs every decision.
+			if err := caddy.Load([]byte(`{"admin":{"disabled":true},"logging":{"logs":{"default":{"level":"WARN"}}}}`), true); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = caddy.Stop() })
+			ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+			b.Cleanup(cancel)
+			if err := s.Provision(ctx); err != nil {
+				b.Fatal(err)
+			}
+			pool := testPool(n)
+			w := httptest.NewRecorder()
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				r := clientRequest(lanIP(i%4096), "10.1.1.1:5000")
+				if s.Select(pool, r, w) == nil || s.Select(pool, r, w) == nil {
+					b.Fatal("no upstream")
+				}
+			}
+		})
 	}
 }

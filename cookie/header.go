@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 )
@@ -17,46 +18,82 @@ const Separator = '~'
 // it came, and so the request path allocates only when it changes a line.
 
 // nextPair finds the next pair named name in a Cookie header line at or
-// after byte from, by searching for the name rather than splitting every
-// pair: the request path calls it for every request. s and e bound the pair
-// (the text between semicolons, spaces and tabs trimmed), eq is its first
-// '='. It matches exactly the pairs for which splitPair gives name.
+// after byte from, which is the start of a pair or inside the separators
+// after one. s and e bound the pair (the text between semicolons, spaces and
+// tabs trimmed), eq is its first '='. It matches exactly the pairs for which
+// splitPair gives name. Each byte of the line is looked at a bounded number
+// of times whatever it holds, so a header that repeats the name costs what
+// any other header of its length does: the request path runs this on text
+// the client chose.
 func nextPair(line, name string, from int) (s, eq, e int, ok bool) {
+	s, eq, e, _, ok = findPair(line, name, from)
+	return s, eq, e, ok
+}
+
+// findPair is nextPair, also returning where the pair's segment ends: at
+// its ';', or the end of the line.
+func findPair(line, name string, from int) (s, eq, e, semi int, ok bool) {
 	for from < len(line) {
-		j := strings.Index(line[from:], name)
-		if j < 0 {
-			return 0, 0, 0, false
-		}
-		j += from
-		from = j + 1
-		seg := strings.LastIndexByte(line[:j], ';') + 1
-		if strings.TrimSpace(line[seg:j]) != "" {
-			continue // inside a value or a longer name
-		}
-		end := strings.IndexByte(line[j:], ';')
+		end := strings.IndexByte(line[from:], ';')
 		if end < 0 {
 			end = len(line)
 		} else {
-			end += j
+			end += from
 		}
-		eq = strings.IndexByte(line[j:end], '=')
-		if eq < 0 {
+		seg := from
+		from = end + 1
+		eq, ok = pairNamed(line[seg:end], name)
+		if !ok {
 			continue
 		}
-		eq += j
-		if strings.TrimSpace(line[j+len(name):eq]) != "" {
-			continue
-		}
-		s, e = seg, end
+		s, e, eq = seg, end, eq+seg
 		for s < e && (line[s] == ' ' || line[s] == '\t') {
 			s++
 		}
 		for e > s && (line[e-1] == ' ' || line[e-1] == '\t') {
 			e--
 		}
-		return s, eq, e, true
+		return s, eq, e, end, true
 	}
-	return 0, 0, 0, false
+	return 0, 0, 0, 0, false
+}
+
+// pairNamed reports whether the pair text seg (one segment between
+// semicolons) has name before its first '=', white space around it
+// ignored as strings.TrimSpace ignores it, and where that '=' is.
+func pairNamed(seg, name string) (eq int, ok bool) {
+	i := 0
+	for i < len(seg) && (seg[i] == ' ' || seg[i] == '\t') {
+		i++
+	}
+	if i < len(seg) && !otherSpace(seg[i]) {
+		// The common case: the name must start right here.
+		if !strings.HasPrefix(seg[i:], name) {
+			return 0, false
+		}
+		j := i + len(name)
+		for j < len(seg) && (seg[j] == ' ' || seg[j] == '\t') {
+			j++
+		}
+		if j < len(seg) && seg[j] == '=' {
+			return j, true
+		}
+		if j == len(seg) || !otherSpace(seg[j]) {
+			return 0, false
+		}
+	}
+	// Other white space (a control or non-ASCII byte): the general rule.
+	eq = strings.IndexByte(seg, '=')
+	if eq < 0 || strings.TrimSpace(seg[:eq]) != name {
+		return 0, false
+	}
+	return eq, true
+}
+
+// otherSpace reports whether c may start white space that
+// strings.TrimSpace trims, other than a space or a tab.
+func otherSpace(c byte) bool {
+	return c >= 0x80 || (c >= '\n' && c <= '\r')
 }
 
 // splitPair splits "name=value" at the first '='; ok is false without one.
@@ -110,15 +147,25 @@ func EditLines(lines []string, name string, edit func(value string) (newValue st
 }
 
 func editLine(line, name string, edit func(string) (string, bool, bool)) string {
-	type change struct {
-		start, end int
-		repl       string
-		drop       bool
-	}
-	var changes [4]change
-	chs := changes[:0]
+	// One pass writes the edited line: a header of many pairs of the name
+	// costs what one of as many other pairs does. The rules for the
+	// separators around dropped pairs are in the comments below.
+	var (
+		b       []byte // the edited line so far; nil while nothing changed
+		last    int    // line[:last] is accounted for in b
+		changes int
+		first   struct{ start, end int } // the first change, if a drop
+		drop1   bool
+		// A run of dropped pairs with nothing but separators between
+		// them: if it reaches the end of the line, it goes with the
+		// separator before it. runMark is len(b) and runPre is last where
+		// the run began; prevEnd is the end of its last pair; inRun tells
+		// whether the last change was a drop.
+		runMark, runPre, runStart, prevEnd int
+		inRun                              bool
+	)
 	for from := 0; ; {
-		s, eq, e, ok := nextPair(line, name, from)
+		s, eq, e, semi, ok := findPair(line, name, from)
 		if !ok {
 			break
 		}
@@ -128,10 +175,31 @@ func editLine(line, name string, edit func(string) (string, bool, bool)) string 
 		if !changed {
 			continue
 		}
+		if b == nil {
+			b = make([]byte, 0, len(line))
+		}
+		changes++
 		if !keep {
-			chs = append(chs, change{start: s, end: e, drop: true})
+			if changes == 1 {
+				first.start, first.end, drop1 = s, e, true
+			}
+			if !inRun || !separators(line[prevEnd:s]) {
+				runMark, runPre, runStart, inRun = len(b), last, s, true
+			}
+			prevEnd = e
+			// Remove the pair and the separator that follows it.
+			end := semi
+			if end < len(line) {
+				end++
+				for end < len(line) && (line[end] == ' ' || line[end] == '\t') {
+					end++
+				}
+			}
+			b = append(b, line[last:s]...)
+			last = end
 			continue
 		}
+		inRun = false
 		if quoted {
 			nv = `"` + nv + `"`
 		}
@@ -139,72 +207,50 @@ func editLine(line, name string, edit func(string) (string, bool, bool)) string 
 		for vs < e && (line[vs] == ' ' || line[vs] == '\t') {
 			vs++
 		}
-		chs = append(chs, change{start: vs, end: e, repl: nv})
+		b = append(b, line[last:vs]...)
+		b = append(b, nv...)
+		last = e
 	}
-	if len(chs) == 0 {
+	if changes == 0 {
 		return line
 	}
 	// Dropping the first or last pair of a line is a re-slice; only a
 	// change in the middle builds a new string.
-	if len(chs) == 1 && chs[0].drop {
-		c := chs[0]
-		if c.start == strings.IndexFunc(line, notSpace) {
-			rest := line[c.end:]
+	if changes == 1 && drop1 {
+		if first.start == strings.IndexFunc(line, notSpace) {
+			rest := line[first.end:]
 			if i := strings.IndexByte(rest, ';'); i >= 0 {
 				return strings.TrimLeft(rest[i+1:], " \t")
 			}
 			return ""
 		}
-		if strings.TrimSpace(line[c.end:]) == "" {
-			prefix := line[:c.start]
+		if strings.TrimSpace(line[first.end:]) == "" {
+			prefix := line[:first.start]
 			if i := strings.LastIndexByte(prefix, ';'); i >= 0 {
 				return strings.TrimRight(prefix[:i], " \t")
 			}
 			return ""
 		}
 	}
-	// The trailing run of dropped pairs (nothing but separators between
-	// them and the end of the line) goes with the separator before it.
-	tail := len(chs)
-	for tail > 0 && chs[tail-1].drop {
-		next := len(line)
-		if tail < len(chs) {
-			next = chs[tail].start
-		}
-		if strings.Trim(line[chs[tail-1].end:next], " \t;") != "" {
-			break
-		}
-		tail--
-	}
-	var b strings.Builder
-	b.Grow(len(line))
-	last := 0
-	for _, c := range chs[:tail] {
-		if c.drop {
-			// Remove the pair and the separator that follows it.
-			end := c.end
-			if i := strings.IndexByte(line[end:], ';'); i >= 0 {
-				end += i + 1
-				for end < len(line) && (line[end] == ' ' || line[end] == '\t') {
-					end++
-				}
-			}
-			b.WriteString(line[last:c.start])
-			last = end
-			continue
-		}
-		b.WriteString(line[last:c.start])
-		b.WriteString(c.repl)
-		last = c.end
-	}
-	if tail < len(chs) {
-		pre := strings.TrimRight(line[last:chs[tail].start], " \t")
+	if inRun && separators(line[prevEnd:]) {
+		pre := strings.TrimRight(line[runPre:runStart], " \t")
 		pre = strings.TrimSuffix(pre, ";")
-		b.WriteString(strings.TrimRight(pre, " \t"))
-		return b.String()
+		b = append(b[:runMark], strings.TrimRight(pre, " \t")...)
+	} else {
+		b = append(b, line[last:]...)
 	}
-	b.WriteString(line[last:])
-	return b.String()
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// separators reports whether s holds nothing but spaces, tabs and
+// semicolons.
+func separators(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c != ' ' && c != '\t' && c != ';' {
+			return false
+		}
+	}
+	return true
 }
 
 func notSpace(r rune) bool { return r != ' ' && r != '\t' }

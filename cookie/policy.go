@@ -496,26 +496,49 @@ func (s *StickyCookie) pickNew(pool reverseproxy.UpstreamPool, r *http.Request, 
 	if len(st.tried) == 0 && !affinity.AnyDraining() {
 		return s.fallback.Select(pool, r, w)
 	}
-	open := make(reverseproxy.UpstreamPool, 0, len(pool))
-	var draining reverseproxy.UpstreamPool
-	for _, u := range pool {
-		switch {
-		case st.triedUp(u):
-		case affinity.IsDraining(u.Dial):
-			draining = append(draining, u)
-		default:
-			open = append(open, u)
-		}
-	}
-	if up := s.fallback.Select(open, r, w); up != nil {
+	open := func(u *reverseproxy.Upstream) bool { return st.triedUp(u) || affinity.IsDraining(u.Dial) }
+	if up := selectAmong(s.fallback, pool, r, w, open); up != nil {
 		return up
 	}
-	if len(draining) > 0 {
-		// Every other upstream is down or tried: serving from a draining
-		// one beats failing the request.
-		return s.fallback.Select(draining, r, w)
+	// Every other upstream is down or tried: serving from a draining one
+	// beats failing the request.
+	draining := func(u *reverseproxy.Upstream) bool { return st.triedUp(u) || !affinity.IsDraining(u.Dial) }
+	return selectAmong(s.fallback, pool, r, w, draining)
+}
+
+// A SubsetSelector is a selection policy that can choose among part of a
+// pool handed to it whole. A policy that keeps state per pool (ip_affinity
+// builds a hash table) implements it, so that a policy whose fallback it is
+// does not hand it a new slice for each subset of failed or draining
+// upstreams: during a partial outage there are many.
+type SubsetSelector interface {
+	// SelectSubset is Select among the upstreams of pool for which skip
+	// is false.
+	SelectSubset(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream
+}
+
+// selectAmong asks sel for an upstream of pool that skip does not exclude.
+func selectAmong(sel reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream {
+	if ss, ok := sel.(SubsetSelector); ok {
+		return ss.SelectSubset(pool, r, w, skip)
 	}
-	return nil
+	sub := Without(pool, skip)
+	if len(sub) == 0 {
+		return nil
+	}
+	return sel.Select(sub, r, w)
+}
+
+// Without returns the upstreams of pool for which skip is false, in a new
+// slice.
+func Without(pool reverseproxy.UpstreamPool, skip func(*reverseproxy.Upstream) bool) reverseproxy.UpstreamPool {
+	out := make(reverseproxy.UpstreamPool, 0, len(pool))
+	for _, u := range pool {
+		if !skip(u) {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // pickStable moves a rewrite-mode session deterministically: the backend

@@ -1280,3 +1280,46 @@ func TestNoCache(t *testing.T) {
 		t.Fatalf("without nocache: Cache-Control %q", got)
 	}
 }
+
+// subsetRecorder is a fallback that chooses among part of a pool handed to
+// it whole, and records the pools it was handed.
+type subsetRecorder struct{ pools []int }
+
+func (f *subsetRecorder) Select(pool reverseproxy.UpstreamPool, _ *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
+	f.pools = append(f.pools, len(pool))
+	return pool[0]
+}
+
+func (f *subsetRecorder) SelectSubset(pool reverseproxy.UpstreamPool, _ *http.Request, _ http.ResponseWriter, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream {
+	f.pools = append(f.pools, len(pool))
+	for _, u := range pool {
+		if !skip(u) {
+			return u
+		}
+	}
+	return nil
+}
+
+// A retry hands a fallback that can filter the whole pool, not a new
+// slice without the failed upstream (a stateful fallback would build its
+// state again for each subset).
+func TestRetryHandsSubsetSelectorWholePool(t *testing.T) {
+	s := provision(t, &StickyCookie{FallbackRaw: fallback("first")})
+	rec := &subsetRecorder{}
+	s.fallback = rec
+	pool := testPool(5)
+	r, w := newRequest(), httptest.NewRecorder()
+	seen := map[*reverseproxy.Upstream]bool{}
+	for range pool {
+		up := s.Select(pool, r, w)
+		if up == nil || seen[up] {
+			t.Fatalf("attempt chose %v again or none", up)
+		}
+		seen[up] = true
+	}
+	for i, n := range rec.pools {
+		if n != len(pool) {
+			t.Fatalf("attempt %d handed the fallback %d upstreams, want the whole pool of %d", i+1, n, len(pool))
+		}
+	}
+}
