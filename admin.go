@@ -108,9 +108,7 @@ func (adminAffinity) handleDrain(on bool) func(http.ResponseWriter, *http.Reques
 			return methodNotAllowed(w, http.MethodPost)
 		}
 		var req drainRequest
-		dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		if err := decodeStrict(io.LimitReader(r.Body, 64<<10), map[string]any{"address": &req.Address}); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusBadRequest,
 				Err: fmt.Errorf(`body must be JSON like {"address": "10.0.0.1:8080"}: %v`, err)}
 		}
@@ -184,6 +182,45 @@ func (adminAffinity) handleSessions(w http.ResponseWriter, r *http.Request) erro
 	default:
 		return methodNotAllowed(w, http.MethodGet, http.MethodDelete)
 	}
+}
+
+// decodeStrict decodes one JSON object from body into fields, by key: each
+// key must be one of fields, spelled exactly so, at most once, and nothing
+// but white space may follow the object. encoding/json alone would accept
+// any letter case, keep the last of duplicate keys and ignore what follows.
+func decodeStrict(body io.Reader, fields map[string]any) error {
+	dec := json.NewDecoder(body)
+	if tok, err := dec.Token(); err != nil {
+		return err
+	} else if tok != json.Delim('{') {
+		return fmt.Errorf("expected an object, got %v", tok)
+	}
+	seen := make(map[string]bool, len(fields))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		dst, ok := fields[key]
+		if !ok {
+			return fmt.Errorf("unknown field %q", key)
+		}
+		if seen[key] {
+			return fmt.Errorf("field %q given more than once", key)
+		}
+		seen[key] = true
+		if err := dec.Decode(dst); err != nil {
+			return fmt.Errorf("field %q: %v", key, err)
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data after the object")
+	}
+	return nil
 }
 
 func methodNotAllowed(w http.ResponseWriter, allowed ...string) error {

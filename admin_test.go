@@ -267,6 +267,11 @@ func TestAdminDrainBadBodies(t *testing.T) {
 		{"no address", `{}`, `"address" is required`},
 		{"empty address", `{"address":""}`, `"address" is required`},
 		{"blank address", `{"address":"  "}`, `"address" is required`},
+		{"trailing garbage", `{"address":"` + known + `"} x`, "trailing data"},
+		{"second object", `{"address":"` + known + `"}{}`, "trailing data"},
+		{"other letter case", `{"Address":"` + known + `"}`, `unknown field "Address"`},
+		{"duplicate key", `{"address":"` + known + `","address":"` + known + `"}`, "more than once"},
+		{"null", `null`, "expected an object"},
 	} {
 		for _, pattern := range []string{"/affinity/upstreams/drain", "/affinity/upstreams/undrain"} {
 			_, err := adminCall(t, pattern, http.MethodPost, pattern, tc.body)

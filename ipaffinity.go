@@ -124,6 +124,11 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		return err
 	}
 	s.remote = s.Source == "remote"
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil && !s.remote {
+		if w := spoofableClientWarning(srv); w != "" {
+			s.logger.Warn(w)
+		}
+	}
 	s.v4, s.v6 = uint8(s.IPv4Prefix), uint8(s.IPv6Prefix)
 	s.plain = s.Sessions() == nil && s.BalanceFactor == 0
 	if s.FallbackRaw != nil {
@@ -148,6 +153,19 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		p.Release(IPPolicyName)
 	}
 	return nil
+}
+
+// spoofableClientWarning says why source client can be chosen by the client
+// on srv, or "". With trusted_proxies but without trusted_proxies_strict,
+// Caddy takes the leftmost X-Forwarded-For entry, which a proxy that
+// appends (nginx's $proxy_add_x_forwarded_for, cloud load balancers) passes
+// on from the client: the client picks its upstream and can fill the
+// session table with made-up addresses.
+func spoofableClientWarning(srv *caddyhttp.Server) string {
+	if len(srv.TrustedProxiesRaw) == 0 || srv.TrustedProxiesStrict > 0 {
+		return ""
+	}
+	return "ip_affinity: source client with trusted_proxies but without trusted_proxies_strict takes the leftmost X-Forwarded-For entry, which clients behind appending proxies choose; add trusted_proxies_strict to the server's options"
 }
 
 func (s *IPAffinity) setLogger(l *zap.Logger) {

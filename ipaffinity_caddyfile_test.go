@@ -74,6 +74,7 @@ func TestIPAffinityCaddyfileOptions(t *testing.T) {
 		{"ip_affinity {\n\tpersist_timeout 30s\n\tmax_sessions 1M\n}", `{"persist_timeout":30000000000,"max_sessions":1000000}`},
 		{"ip_affinity {\n\tpersist_timeout 30s\n\tmax_sessions 64MiB\n}", `{"persist_timeout":30000000000,"max_sessions_bytes":67108864}`},
 		{"ip_affinity {\n\tpersist_timeout 30s\n\tmax_sessions 64MB\n}", `{"persist_timeout":30000000000,"max_sessions_bytes":64000000}`},
+		{"ip_affinity {\n\tpersist_timeout 30s\n\tmax_sessions_per_network 500\n}", `{"persist_timeout":30000000000,"max_sessions_per_network":500}`},
 		{"ip_affinity {\n\tfallback first\n}", `{"fallback":{"policy":"first"}}`},
 		{"ip_affinity {\n\tfallback least_conn\n\tsource remote\n}", `{"fallback":{"policy":"least_conn"},"source":"remote"}`},
 		{"ip_affinity {\n\tfallback cookie lb {\n\t\tfallback first\n\t}\n\tipv4_prefix 16\n}",
@@ -124,6 +125,7 @@ func TestIPAffinityCaddyfileErrors(t *testing.T) {
 		{Name: "negative duration", Input: "ip_affinity {\n\tpersist_timeout -10m\n}", Want: []string{"persist_timeout: duration must not be negative", "Testfile:2"}},
 		{Name: "bad count", Input: "ip_affinity {\n\tmax_sessions many\n}", Want: []string{"max_sessions: invalid count 'many'", "Testfile:2"}},
 		{Name: "zero count", Input: "ip_affinity {\n\tmax_sessions 0\n}", Want: []string{"max_sessions: invalid count '0'", "Testfile:2"}},
+		{Name: "zero per network", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tmax_sessions_per_network 0\n}", Want: []string{"max_sessions_per_network:", "'0'", "Testfile:3"}},
 		{Name: "fractional count", Input: "ip_affinity {\n\tmax_sessions 2.5\n}", Want: []string{"max_sessions: invalid count '2.5'", "Testfile:2"}},
 		{Name: "bad size", Input: "ip_affinity {\n\tmax_sessions 64QB\n}", Want: []string{"max_sessions: invalid size '64QB'", "Testfile:2"}},
 		{Name: "unknown fallback module", Input: "ip_affinity {\n\tsource client\n\tfallback nope\n}", Want: []string{"fallback:", "selection_policies.nope", "Testfile:3"}},
@@ -139,6 +141,14 @@ func TestIPAffinityCaddyfileValidate(t *testing.T) {
 	if err == nil || !strings.HasPrefix(err.Error(), "ip_affinity: max_sessions:") || !strings.Contains(err.Error(), "persist_timeout") ||
 		!strings.HasSuffix(err.Error(), ", at Testfile:2") {
 		t.Errorf("max_sessions without persist_timeout: %v", err)
+	}
+	_, err = parseIPAffinity("ip_affinity {\n\tpersist_timeout 1m\n\tmax_sessions 1M\n\tmax_sessions_per_network 10\n}")
+	if err == nil || !strings.Contains(err.Error(), "max_sessions_per_network: 10 is below the least") || !strings.HasSuffix(err.Error(), ", at Testfile:4") {
+		t.Errorf("max_sessions_per_network below 1/1024 of the table: %v", err)
+	}
+	_, err = parseIPAffinity("ip_affinity {\n\tmax_sessions_per_network 100\n}")
+	if err == nil || !strings.Contains(err.Error(), "max_sessions_per_network:") || !strings.Contains(err.Error(), "persist_timeout") {
+		t.Errorf("max_sessions_per_network without persist_timeout: %v", err)
 	}
 	// In JSON, at provisioning.
 	s := &IPAffinity{}

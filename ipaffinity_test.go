@@ -419,6 +419,7 @@ func TestIPSelectLastPoolDropped(t *testing.T) {
 func TestIPAffinitySubsetsBuildNothing(t *testing.T) {
 	s := &IPAffinity{}
 	provision(t, s)
+	s.setLogger(zap.NewNop())
 	builds := 0
 	build := s.pools.Build
 	s.pools.Build = func(addrs []string) *affinity.IPPool { builds++; return build(addrs) }
@@ -469,5 +470,27 @@ func BenchmarkFallbackRetry(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// source client behind trusted proxies without strict mode lets a client
+// behind an appending proxy choose its address: provisioning says so.
+func TestSpoofableClientWarning(t *testing.T) {
+	for _, tc := range []struct {
+		trusted string
+		strict  int
+		warn    bool
+	}{{"", 0, false}, {`{"source":"static","ranges":["10.0.0.0/8"]}`, 0, true}, {`{"source":"static","ranges":["10.0.0.0/8"]}`, 1, false}} {
+		srv := &caddyhttp.Server{TrustedProxiesRaw: json.RawMessage(tc.trusted), TrustedProxiesStrict: tc.strict}
+		if tc.trusted == "" {
+			srv.TrustedProxiesRaw = nil
+		}
+		msg := spoofableClientWarning(srv)
+		if (msg != "") != tc.warn {
+			t.Errorf("trusted_proxies %q, strict %d: warning %q", tc.trusted, tc.strict, msg)
+		}
+		if tc.warn && !strings.Contains(msg, "trusted_proxies_strict") {
+			t.Errorf("the warning does not name the fix: %q", msg)
+		}
 	}
 }

@@ -17,17 +17,39 @@ type Lifetimes struct {
 // three quarters of the idle timeout apart.
 const refreshFraction = 4
 
-// Check reports why t is no longer valid at now, or ReasonNone. Times in
-// the future (clock skew between instances sharing a key) count as now.
+// MaxClockSkew is how far ahead of the clock a token's times may be, for
+// instances sharing a key whose clocks disagree a little. A token further
+// ahead was minted by a clock that is wrong, and would never age here.
+const MaxClockSkew = 5 * time.Minute
+
+// Check reports why t is no longer valid at now, or ReasonNone. A time up
+// to MaxClockSkew ahead counts as now; one further ahead is rejected where
+// a lifetime applies to it (ReasonFuture), as HAProxy ignores cookie dates
+// far in the future.
 func (l Lifetimes) Check(t Token, now time.Time) Reason {
 	sec := unixSeconds(now)
-	if l.MaxLifetime > 0 && age(t.Issued, sec) > l.MaxLifetime {
-		return ReasonExpired
+	if l.MaxLifetime > 0 {
+		if ahead(t.Issued, sec) {
+			return ReasonFuture
+		}
+		if age(t.Issued, sec) > l.MaxLifetime {
+			return ReasonExpired
+		}
 	}
-	if l.IdleTimeout > 0 && t.Kind == KindInsert && age(t.Refreshed, sec) > l.IdleTimeout {
-		return ReasonIdle
+	if l.IdleTimeout > 0 && t.Kind == KindInsert {
+		if ahead(t.Refreshed, sec) {
+			return ReasonFuture
+		}
+		if age(t.Refreshed, sec) > l.IdleTimeout {
+			return ReasonIdle
+		}
 	}
 	return ReasonNone
+}
+
+// ahead reports whether then lies more than MaxClockSkew after now.
+func ahead(then, now uint32) bool {
+	return then > now && time.Duration(then-now)*time.Second > MaxClockSkew
 }
 
 // NeedsRefresh reports whether an insert cookie carrying t should be

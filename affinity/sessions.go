@@ -1,6 +1,7 @@
 package affinity
 
 import (
+	"hash/maphash"
 	"math"
 	"sync"
 	"time"
@@ -41,10 +42,19 @@ func EntriesForBytes(n uint64) int {
 // within a shard and approximate across them. Times have one-second
 // resolution; the caller passes the current time so the table has no
 // hidden clock.
+//
+// Shards and index slots come from a hash seeded per table (hash/maphash),
+// not from ClientKey.Hash, which is unseeded so that instances route alike:
+// keys chosen offline to collide cannot pile into one shard or probe run.
+// And no network (an IPv4 /24, an IPv6 /48) holds more than the table's
+// per-network limit, so one network's many addresses cannot evict everyone
+// else's sessions.
 type SessionTable struct {
 	shards []sessionShard
 	shift  uint   // shard of hash h: h >> shift (64 with one shard)
 	ttl    uint32 // whole seconds; 0 means entries never expire
+	seed   maphash.Seed
+	nets   networkCounts
 }
 
 // A Session is one entry of a SessionTable.
@@ -74,9 +84,17 @@ const (
 
 // NewSessionTable returns a table of at most maxEntries entries
 // (DefaultMaxSessions if maxEntries <= 0) that expire after ttl idle
-// (rounded up to whole seconds; never if ttl <= 0). Memory is allocated as
-// entries are added.
+// (rounded up to whole seconds; never if ttl <= 0), with the default
+// per-network limit (DefaultNetworkLimit). Memory is allocated as entries
+// are added, but for the per-network counts (at most 512 KiB).
 func NewSessionTable(maxEntries int, ttl time.Duration) *SessionTable {
+	return NewSessionTableLimit(maxEntries, ttl, 0)
+}
+
+// NewSessionTableLimit is NewSessionTable with at most perNetwork entries
+// for the clients of one network (DefaultNetworkLimit if perNetwork <= 0;
+// see CheckNetworkLimit for the range).
+func NewSessionTableLimit(maxEntries int, ttl time.Duration, perNetwork int) *SessionTable {
 	if maxEntries <= 0 {
 		maxEntries = DefaultMaxSessions
 	}
@@ -84,7 +102,11 @@ func NewSessionTable(maxEntries int, ttl time.Duration) *SessionTable {
 	for n > 1 && maxEntries/n < minEntriesPerShard {
 		n /= 2
 	}
-	t := &SessionTable{shards: make([]sessionShard, n), shift: 64}
+	t := &SessionTable{shards: make([]sessionShard, n), shift: 64, seed: maphash.MakeSeed()}
+	if perNetwork <= 0 {
+		perNetwork = DefaultNetworkLimit(maxEntries)
+	}
+	t.nets.init(maxEntries, perNetwork)
 	for n > 1 {
 		t.shift--
 		n >>= 1
@@ -96,6 +118,7 @@ func NewSessionTable(maxEntries int, ttl time.Duration) *SessionTable {
 			m++
 		}
 		t.shards[i].max = uint32(min(m, maxEntriesPerShard))
+		t.shards[i].t = t
 	}
 	if ttl > 0 {
 		sec := ttl / time.Second
@@ -106,6 +129,9 @@ func NewSessionTable(maxEntries int, ttl time.Duration) *SessionTable {
 	}
 	return t
 }
+
+// hash is the table's own hash of k: seeded, unlike k.Hash.
+func (t *SessionTable) hash(k ClientKey) uint64 { return maphash.Comparable(t.seed, k) }
 
 func (t *SessionTable) shard(h uint64) *sessionShard {
 	return &t.shards[h>>t.shift]
@@ -132,7 +158,7 @@ func (t *SessionTable) Get(k ClientKey, now time.Time) (id uint64, ok bool) {
 	if t == nil || len(t.shards) == 0 || !k.IsValid() {
 		return 0, false
 	}
-	h := k.Hash()
+	h := t.hash(k)
 	s := t.shard(h)
 	sec := sessionClock(now)
 	s.mu.Lock()
@@ -151,30 +177,38 @@ func (t *SessionTable) Get(k ClientKey, now time.Time) (id uint64, ok bool) {
 	return e.id, true
 }
 
-// Put stores id for k, seen at now. A new entry first takes the place of
-// expired entries at the least recently used end, then of the least
-// recently used entry if the table is full. Putting the invalid key does
-// nothing.
-func (t *SessionTable) Put(k ClientKey, id uint64, now time.Time) {
+// Put stores id for k, seen at now, and reports whether k has an entry
+// now. A new entry first takes the place of expired entries at the least
+// recently used end, then of the least recently used entry if the table is
+// full. A new key of a network that holds its limit of entries is not
+// stored, and neither is the invalid key.
+func (t *SessionTable) Put(k ClientKey, id uint64, now time.Time) bool {
 	if t == nil || len(t.shards) == 0 || !k.IsValid() {
-		return
+		return false
 	}
-	h := k.Hash()
+	h := t.hash(k)
 	s := t.shard(h)
 	sec := sessionClock(now)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ref, _ := s.find(k, h); ref != 0 {
 		e := s.entry(ref)
+		if e.id != id {
+			s.countID(e.id, -1)
+			s.countID(id, 1)
+		}
 		e.id, e.seen = id, max(e.seen, sec)
 		s.toFront(ref)
-		return
+		return true
 	}
 	for range sessionTrim {
 		if s.tail == 0 || !t.expired(s.entry(s.tail).seen, sec) {
 			break
 		}
 		s.removeTail()
+	}
+	if !t.nets.add(t.networkHash(k)) {
+		return false
 	}
 	if s.n >= s.max {
 		s.removeTail()
@@ -184,6 +218,8 @@ func (t *SessionTable) Put(k ClientKey, id uint64, now time.Time) {
 	s.insert(ref, uint32(h))
 	s.pushFront(ref)
 	s.n++
+	s.countID(id, 1)
+	return true
 }
 
 // Delete removes the entry of k and reports whether there was one.
@@ -191,7 +227,7 @@ func (t *SessionTable) Delete(k ClientKey) bool {
 	if t == nil || len(t.shards) == 0 || !k.IsValid() {
 		return false
 	}
-	h := k.Hash()
+	h := t.hash(k)
 	s := t.shard(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -292,6 +328,9 @@ func (t *SessionTable) Flush() {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
+		for ref := s.head; ref != 0; ref = s.entry(ref).next {
+			t.nets.remove(t.networkHash(s.entry(ref).key))
+		}
 		s.reset()
 		s.mu.Unlock()
 	}
@@ -350,19 +389,18 @@ func (t *SessionTable) Page(offset, limit int) []Session {
 }
 
 // CountByID returns the number of entries per upstream ID, expired ones not
-// yet dropped included. It takes time proportional to the table's size.
+// yet dropped included. The table keeps these counts as it changes, so this
+// takes time proportional to the number of upstreams, not of entries.
 func (t *SessionTable) CountByID() map[uint64]int {
-	if t == nil {
-		return map[uint64]int{}
-	}
 	counts := make(map[uint64]int)
+	if t == nil {
+		return counts
+	}
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		for ref := s.head; ref != 0; {
-			e := s.entry(ref)
-			counts[e.id]++
-			ref = e.next
+		for id, n := range s.byID {
+			counts[id] += int(n)
 		}
 		s.mu.Unlock()
 	}
@@ -386,7 +424,9 @@ type sessionEntry struct {
 // sessionShard is an LRU list over a slab of entries, indexed by an
 // open-addressing hash table with linear probing.
 type sessionShard struct {
+	t      *SessionTable
 	mu     sync.Mutex
+	byID   map[uint64]uint32 // entries per upstream ID
 	max    uint32 // most entries
 	n      uint32 // entries in the list
 	used   uint32 // slab entries handed out (high-water mark)
@@ -553,15 +593,30 @@ func (s *sessionShard) remove(ref uint32, slot int) {
 	}
 	s.unlink(ref)
 	e := s.entry(ref)
+	s.countID(e.id, -1)
+	s.t.nets.remove(s.t.networkHash(e.key))
 	*e = sessionEntry{next: s.free}
 	s.free = ref
 	s.n--
 }
 
+// countID adds d to the entries of upstream id.
+func (s *sessionShard) countID(id uint64, d int) {
+	if s.byID == nil {
+		s.byID = make(map[uint64]uint32)
+	}
+	n := int(s.byID[id]) + d
+	if n <= 0 {
+		delete(s.byID, id)
+		return
+	}
+	s.byID[id] = uint32(n)
+}
+
 // removeRef drops the entry ref, finding its index slot from its key.
 func (s *sessionShard) removeRef(ref uint32) {
 	k := s.entry(ref).key
-	r, slot := s.find(k, k.Hash())
+	r, slot := s.find(k, s.t.hash(k))
 	if r != ref {
 		slot = -1 // cannot happen; drop it from the list all the same
 	}
@@ -574,7 +629,9 @@ func (s *sessionShard) removeTail() {
 	}
 }
 
+// reset empties the shard. Its entries' network counts must have been
+// taken back (every entry removed), or be reset with the whole table's.
 func (s *sessionShard) reset() {
 	s.n, s.used, s.free, s.head, s.tail = 0, 0, 0, 0, 0
-	s.chunks, s.index = nil, nil
+	s.chunks, s.index, s.byID = nil, nil, nil
 }

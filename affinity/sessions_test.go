@@ -15,8 +15,10 @@ import (
 var sessionT0 = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 
 // sessKey returns a distinct IPv4 /32 key for each i.
+// sessKey is the key of client i, each client in a /24 of its own, so that
+// no test but those of the per-network limit meets it.
 func sessKey(i int) ClientKey {
-	return MaskClient(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, uint32(i)+0x0a000000))), 32, 64)
+	return MaskClient(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, uint32(i)<<8+0x0a000001))), 32, 64)
 }
 
 func sessAt(sec int) time.Time { return sessionT0.Add(time.Duration(sec) * time.Second) }
@@ -215,7 +217,7 @@ func TestSessionRange(t *testing.T) {
 				t.Fatalf("%v listed twice", s.Key)
 			}
 			seen[s.Key] = true
-			i := int(binary.BigEndian.Uint32(s.Key.Addr().AsSlice()) - 0x0a000000)
+			i := int((binary.BigEndian.Uint32(s.Key.Addr().AsSlice()) - 0x0a000001) >> 8)
 			if s.ID != uint64(i%7) || !s.LastSeen.Equal(sessAt(i/100)) {
 				t.Fatalf("entry %d: %+v", i, s)
 			}
@@ -433,7 +435,8 @@ func TestSessionMemoryPerEntry(t *testing.T) {
 		runtime.ReadMemStats(&before)
 		st := NewSessionTable(tc.max, time.Hour)
 		for i, k := range keys {
-			st.Put(k, uint64(i), sessAt(0))
+			// IDs name upstreams: a table keeps a count for each.
+			st.Put(k, uint64(i%64), sessAt(0))
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)

@@ -89,11 +89,14 @@ const (
 	ReasonIdle
 	// ReasonUnknownUpstream: names no upstream of the current pool.
 	ReasonUnknownUpstream
+	// ReasonFuture: issued or refreshed more than MaxClockSkew ahead of
+	// the clock, where a lifetime applies.
+	ReasonFuture
 
 	numReasons
 )
 
-var reasonNames = [numReasons]string{"", "malformed", "signature", "expired", "idle", "unknown_upstream"}
+var reasonNames = [numReasons]string{"", "malformed", "signature", "expired", "idle", "unknown_upstream", "future"}
 
 func (r Reason) String() string {
 	if r < numReasons {
@@ -104,7 +107,7 @@ func (r Reason) String() string {
 
 // Reasons lists every rejection reason, for reporting.
 func Reasons() []Reason {
-	return []Reason{ReasonMalformed, ReasonSignature, ReasonExpired, ReasonIdle, ReasonUnknownUpstream}
+	return []Reason{ReasonMalformed, ReasonSignature, ReasonExpired, ReasonIdle, ReasonUnknownUpstream, ReasonFuture}
 }
 
 // AppendToken signs t with the first key and appends its text form to dst.

@@ -402,9 +402,17 @@ func TestLifetimesCheck(t *testing.T) {
 		{"route tokens have no idle timeout", Lifetimes{IdleTimeout: time.Minute}, route(time.Hour), ReasonNone},
 		{"expiry is checked before idleness", Lifetimes{MaxLifetime: time.Hour, IdleTimeout: time.Minute}, ins(2*time.Hour, 2*time.Hour), ReasonExpired},
 		{"idle within max lifetime", Lifetimes{MaxLifetime: time.Hour, IdleTimeout: time.Minute}, ins(30*time.Minute, 2*time.Minute), ReasonIdle},
-		{"future issue time counts as now", Lifetimes{MaxLifetime: time.Second}, ins(-time.Hour, 0), ReasonNone},
-		{"future refresh time counts as now", Lifetimes{IdleTimeout: time.Second}, ins(0, -time.Hour), ReasonNone},
-		{"far future issue time", Lifetimes{MaxLifetime: time.Second, IdleTimeout: time.Second}, Token{Kind: KindInsert, Issued: ^uint32(0), Refreshed: ^uint32(0)}, ReasonNone},
+		// Clock skew between instances: up to MaxClockSkew ahead counts as
+		// now; further ahead, the token would never age where a lifetime
+		// applies, so it is rejected.
+		{"issue time within the skew counts as now", Lifetimes{MaxLifetime: time.Second}, ins(-MaxClockSkew, 0), ReasonNone},
+		{"refresh time within the skew counts as now", Lifetimes{IdleTimeout: time.Second}, ins(0, -MaxClockSkew), ReasonNone},
+		{"issue time past the skew", Lifetimes{MaxLifetime: time.Hour}, ins(-MaxClockSkew-time.Second, 0), ReasonFuture},
+		{"refresh time past the skew", Lifetimes{IdleTimeout: time.Hour}, ins(0, -time.Hour), ReasonFuture},
+		{"route issue time past the skew", Lifetimes{MaxLifetime: time.Hour}, route(-time.Hour), ReasonFuture},
+		{"far future issue time", Lifetimes{MaxLifetime: time.Second, IdleTimeout: time.Second}, Token{Kind: KindInsert, Issued: ^uint32(0), Refreshed: ^uint32(0)}, ReasonFuture},
+		{"future times without lifetimes", Lifetimes{}, Token{Kind: KindInsert, Issued: ^uint32(0), Refreshed: ^uint32(0)}, ReasonNone},
+		{"future refresh, route token (no idle timeout)", Lifetimes{IdleTimeout: time.Second}, Token{Kind: KindRoute, Issued: sec, Refreshed: ^uint32(0)}, ReasonNone},
 	} {
 		if got := tc.l.Check(tc.t, now); got != tc.want {
 			t.Errorf("%s: Check = %v, want %v", tc.name, got, tc.want)

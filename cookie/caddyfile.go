@@ -1,6 +1,8 @@
 package cookie
 
 import (
+	"strings"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
@@ -49,9 +51,16 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "mode":
 			s.Mode, err = parse.Enum(d, ModeInsert, ModeRewrite)
 		case "secret", "secrets":
+			opt := d.Val()
 			s.Secrets = d.RemainingArgs()
 			if len(s.Secrets) == 0 {
-				return d.Errf("%s: expected at least one key", d.Val())
+				return d.Errf("%s: expected at least one key", opt)
+			}
+			for i, sec := range s.Secrets {
+				// A placeholder's value is known only when the config loads.
+				if !strings.Contains(sec, "{") && len(sec) < minSecretLen {
+					return d.Errf("%s: key %d is %d bytes, shorter than the %d required (generate one with: openssl rand -base64 32)", opt, i+1, len(sec), minSecretLen)
+				}
 			}
 		case "max_age":
 			s.MaxAge, err = parse.Duration(d)

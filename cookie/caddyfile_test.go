@@ -72,8 +72,10 @@ func TestUnmarshalCaddyfileOptions(t *testing.T) {
 		{"sticky_cookie {\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s, new(StickyCookie)) }},
 		{"sticky_cookie SESSID", func(s *StickyCookie) bool { return s.Name == "SESSID" }},
 		{"sticky_cookie SESSID {\nmode rewrite\n}", func(s *StickyCookie) bool { return s.Mode == "rewrite" }},
-		{"sticky_cookie {\nsecret a\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s.Secrets, []string{"a"}) }},
-		{"sticky_cookie {\nsecrets a b\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s.Secrets, []string{"a", "b"}) }},
+		{"sticky_cookie {\nsecret a-secret-of-16-bytes\n}", func(s *StickyCookie) bool { return reflect.DeepEqual(s.Secrets, []string{"a-secret-of-16-bytes"}) }},
+		{"sticky_cookie {\nsecrets a-secret-of-16-bytes b-secret-of-16-bytes\n}", func(s *StickyCookie) bool {
+			return reflect.DeepEqual(s.Secrets, []string{"a-secret-of-16-bytes", "b-secret-of-16-bytes"})
+		}},
 		{"sticky_cookie {\nmax_age 90s\n}", func(s *StickyCookie) bool { return s.MaxAge == caddy.Duration(90*time.Second) }},
 		{"sticky_cookie {\nmax_age 0\n}", func(s *StickyCookie) bool { return s.MaxAge == 0 }},
 		{"sticky_cookie {\nidle_timeout 1h30m\n}", func(s *StickyCookie) bool { return s.IdleTimeout == caddy.Duration(90*time.Minute) }},
@@ -131,8 +133,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 	testutil.CheckParseErrors(t, func(in string) error { _, err := parseCaddyfile(in); return err }, []testutil.ParseError{
 		{Name: "unknown option", Input: "sticky_cookie {\n\tmode insert\n\tbogus 1\n}", Want: []string{"unrecognized option 'bogus'", "Testfile:3"}},
 		{Name: "duplicate option", Input: "sticky_cookie {\n\tmode insert\n\tmode insert\n}", Want: []string{"mode: option given more than once", "Testfile:3"}},
-		{Name: "duplicate secret", Input: "sticky_cookie {\n\tsecret a\n\tsecret b\n}", Want: []string{"secret: option given more than once", "Testfile:3"}},
-		{Name: "duplicate secret through its alias", Input: "sticky_cookie {\n\tsecret a\n\tsecrets b\n}", Want: []string{"more than once", "Testfile:3"}},
+		{Name: "duplicate secret", Input: "sticky_cookie {\n\tsecret a-secret-of-16-bytes\n\tsecret b-secret-of-16-bytes\n}", Want: []string{"secret: option given more than once", "Testfile:3"}},
+		{Name: "duplicate secret through its alias", Input: "sticky_cookie {\n\tsecret a-secret-of-16-bytes\n\tsecrets b-secret-of-16-bytes\n}", Want: []string{"more than once", "Testfile:3"}},
 		{Name: "missing value", Input: "sticky_cookie {\n\tmax_age\n}", Want: []string{"max_age: expected a value", "Testfile:2"}},
 		{Name: "missing enum value", Input: "sticky_cookie {\n\tmode\n}", Want: []string{"mode: expected a value", "Testfile:2"}},
 		{Name: "extra value", Input: "sticky_cookie {\n\tpath / /x\n}", Want: []string{"path: expected one value, got extra '/x'", "Testfile:2"}},
@@ -153,6 +155,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{Name: "cookie name with =", Input: "sticky_cookie a=b", Want: []string{"'a=b' is not a valid cookie name", "Testfile:1"}},
 		{Name: "extra argument", Input: "sticky_cookie a b", Want: []string{"at most one argument", "'b'", "Testfile:1"}},
 		{Name: "empty secret list", Input: "sticky_cookie {\n\tsecret\n}", Want: []string{"secret: expected at least one key", "Testfile:2"}},
+		{Name: "short secret", Input: "sticky_cookie {\n\tsecret ok-secret-of-16-bytes short\n}", Want: []string{"secret: key 2 is 5 bytes, shorter than the 16 required", "openssl rand", "Testfile:2"}},
 		{Name: "empty secrets list", Input: "sticky_cookie {\n\tsecrets\n}", Want: []string{"secrets: expected at least one key", "Testfile:2"}},
 		{Name: "missing fallback", Input: "sticky_cookie {\n\tfallback\n}", Want: []string{"fallback: expected a module name", "Testfile:2"}},
 		{Name: "bad fallback module", Input: "sticky_cookie {\n\tfallback nope\n}", Want: []string{"fallback:", "nope", "Testfile:2"}},

@@ -1323,3 +1323,48 @@ func TestRetryHandsSubsetSelectorWholePool(t *testing.T) {
 		}
 	}
 }
+
+// A secret shorter than 16 bytes once its placeholders are replaced is
+// refused, naming the option and the secret's position, never its value.
+func TestShortSecretRefused(t *testing.T) {
+	t.Setenv("CADDY_AFFINITY_SHORT_SECRET", "tooshort")
+	for _, secrets := range [][]string{{"{env.CADDY_AFFINITY_SHORT_SECRET}"}, {testSecret, "fifteen-bytes.."}} {
+		s := &StickyCookie{Secrets: secrets}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		err := s.Provision(ctx)
+		cancel()
+		if err == nil {
+			t.Fatalf("secrets %q accepted", secrets)
+		}
+		n := len(secrets)
+		if msg := err.Error(); !strings.Contains(msg, fmt.Sprintf("secrets: secret %d is", n)) || strings.Contains(msg, "tooshort") || strings.Contains(msg, "fifteen") {
+			t.Errorf("secrets %q: error %q", secrets, msg)
+		}
+	}
+}
+
+// A cookie whose times lie far ahead of the clock (minted by an instance
+// whose clock runs ahead) would never age: it is rejected where a lifetime
+// applies, and the client gets a fresh cookie.
+func TestSelectFutureCookieRejected(t *testing.T) {
+	clock := newClock()
+	s := provision(t, &StickyCookie{now: clock.Now, FallbackRaw: fallback("first"), IdleTimeout: caddy.Duration(10 * time.Minute)})
+	pool := testPool(3)
+	ahead := clock.Now().Add(affinity.MaxClockSkew + time.Minute)
+	c := insertCookie(s, pool, 2, ahead, ahead)
+	w := httptest.NewRecorder()
+	if up := s.Select(pool, newRequest("affinity="+c), w); up != pool[0] {
+		t.Fatalf("a cookie from the future kept its session: %v", up)
+	}
+	if n := rejections(pool, affinity.ReasonFuture); n != 1 {
+		t.Fatalf("%d future rejections counted", n)
+	}
+	if onlyCookie(t, s, w) == "" {
+		t.Fatal("no fresh cookie")
+	}
+	// Within the skew, it counts as now.
+	near := clock.Now().Add(affinity.MaxClockSkew - time.Minute)
+	if up := s.Select(pool, newRequest("affinity="+insertCookie(s, pool, 2, near, near)), httptest.NewRecorder()); up != pool[2] {
+		t.Fatalf("a cookie within the skew lost its session: %v", up)
+	}
+}

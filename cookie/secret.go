@@ -15,8 +15,14 @@ import (
 // StorageKey is where the generated key lives in Caddy's storage.
 const StorageKey = "caddy-affinity/secret.key"
 
-// minSecretLen is the shortest secret accepted without a warning.
+// minSecretLen is the shortest secret accepted: a cookie lets anyone try
+// secrets offline, and a known secret forges sessions and lifetimes.
 const minSecretLen = 16
+
+// shortSecret is the error for secret number i (from 1) of n bytes.
+func shortSecret(i, n int) error {
+	return fmt.Errorf("secrets: secret %d is %d bytes, shorter than the %d required (generate one with: openssl rand -base64 32)", i, n, minSecretLen)
+}
 
 // loadKeys returns the configured secrets with placeholders replaced, or,
 // when none is configured, the key kept in Caddy's storage, created on first
@@ -39,7 +45,7 @@ func loadKeys(ctx caddy.Context, secrets []string) ([][]byte, error) {
 			return nil, fmt.Errorf("secrets: secret %d is empty (after replacing placeholders such as {env.NAME}; is the variable set?)", i+1)
 		}
 		if len(v) < minSecretLen {
-			ctx.Logger().Warn("affinity secret is short; use at least 16 random bytes", zap.Int("secret", i+1))
+			return nil, shortSecret(i+1, len(v))
 		}
 		keys = append(keys, []byte(v))
 	}

@@ -54,6 +54,14 @@ type Config struct {
 	// max_sessions.
 	MaxSessionsBytes uint64 `json:"max_sessions_bytes,omitempty"`
 
+	// The most entries the clients of one network (an IPv4 /24, an IPv6
+	// /48) may hold in the session table, so that one network's many
+	// addresses (a /48 holds 65536 /64s) cannot evict every other client.
+	// A client of a network at its limit is routed by the hash alone.
+	// Default: 1 % of the table, at least 64. It may not be below 1/1024
+	// of the table.
+	MaxSessionsPerNetwork int `json:"max_sessions_per_network,omitempty"`
+
 	opts     affinity.IPOptions
 	sessions *affinity.SessionTable
 	poolKey  string
@@ -88,7 +96,30 @@ func (c *Config) Validate() error {
 	if (c.MaxSessions > 0 || c.MaxSessionsBytes > 0) && c.PersistTimeout == 0 {
 		return fmt.Errorf("max_sessions: bounds the session table, which persist_timeout turns on; set persist_timeout")
 	}
+	if c.MaxSessionsPerNetwork < 0 {
+		return fmt.Errorf("max_sessions_per_network: must not be negative")
+	}
+	if c.MaxSessionsPerNetwork > 0 && c.PersistTimeout == 0 {
+		return fmt.Errorf("max_sessions_per_network: bounds the session table, which persist_timeout turns on; set persist_timeout")
+	}
+	if c.MaxSessionsPerNetwork > 0 {
+		if err := affinity.CheckNetworkLimit(c.tableSize(), c.MaxSessionsPerNetwork); err != nil {
+			return fmt.Errorf("max_sessions_per_network: %v", err)
+		}
+	}
 	return nil
+}
+
+// tableSize is the bound of the session table in entries.
+func (c *Config) tableSize() int {
+	max := c.MaxSessions
+	if c.MaxSessionsBytes > 0 {
+		max = affinity.EntriesForBytes(c.MaxSessionsBytes)
+	}
+	if max <= 0 && c.MaxSessionsBytes == 0 {
+		max = DefaultMaxSessions
+	}
+	return max
 }
 
 // tables keeps session tables alive across config reloads: a reload
@@ -158,26 +189,24 @@ func (c *Config) Provision(ctx caddy.Context, policy, scope string) error {
 	if c.PersistTimeout == 0 {
 		return nil
 	}
-	max := c.MaxSessions
-	if c.MaxSessionsBytes > 0 {
-		max = affinity.EntriesForBytes(c.MaxSessionsBytes)
-		if max == 0 {
-			return fmt.Errorf("max_sessions: %d bytes hold no session; each takes up to %d bytes", c.MaxSessionsBytes, affinity.SessionEntryBytes)
-		}
-	}
-	if max <= 0 {
-		max = DefaultMaxSessions
+	max := c.tableSize()
+	if max == 0 {
+		return fmt.Errorf("max_sessions: %d bytes hold no session; each takes up to %d bytes", c.MaxSessionsBytes, affinity.SessionEntryBytes)
 	}
 	c.opts.MaxSessions = max
+	perNet := c.MaxSessionsPerNetwork
+	if perNet == 0 {
+		perNet = affinity.DefaultNetworkLimit(max)
+	}
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil {
 		scope = strings.Join(srv.Listen, ",") + "|" + scope
 	}
-	key := fmt.Sprintf("%s/scope=%s/v4=%d/v6=%d/ttl=%s/max=%d", policy, scope, c.IPv4Prefix, c.IPv6Prefix, time.Duration(c.PersistTimeout), max)
+	key := fmt.Sprintf("%s/scope=%s/v4=%d/v6=%d/ttl=%s/max=%d/net=%d", policy, scope, c.IPv4Prefix, c.IPv6Prefix, time.Duration(c.PersistTimeout), max, perNet)
 	load := any(ctx.GetMetricsRegistry())
 	key = fmt.Sprintf("%s#%d", key, ordinal(load, key))
 	context.AfterFunc(ctx, func() { forgetOrdinals(load) })
 	v, _, err := tables.LoadOrNew(key, func() (caddy.Destructor, error) {
-		t := affinity.NewSessionTable(max, time.Duration(c.PersistTimeout))
+		t := affinity.NewSessionTableLimit(max, time.Duration(c.PersistTimeout), perNet)
 		affinity.RegisterTable(policy, t)
 		return &tableValue{policy: policy, t: t}, nil
 	})
@@ -234,6 +263,8 @@ func (c *Config) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 		c.PersistTimeout, err = parse.Duration(d)
 	case "max_sessions":
 		c.MaxSessions, c.MaxSessionsBytes, err = parse.CountOrSize(d)
+	case "max_sessions_per_network":
+		c.MaxSessionsPerNetwork, err = parse.Int(d, 1, math.MaxInt32)
 	default:
 		return false, nil
 	}

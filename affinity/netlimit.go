@@ -1,0 +1,116 @@
+package affinity
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/maphash"
+	"sync/atomic"
+)
+
+// Networks, for the per-network limit of a session table: the clients of
+// one IPv4 /24 or one IPv6 /48 (a site, as RFC 6177 assigns them) count
+// together, however long the prefix the table's keys are masked to.
+const (
+	networkBitsV4 = 24
+	networkBitsV6 = 48
+)
+
+// DefaultNetworkLimit is the per-network limit of a table of maxEntries
+// entries when none is configured: 1 % of the table, and at least 64. A
+// network that fills it holds a hundredth of the table, so a hundred
+// networks under one owner are needed to evict every other client, while
+// a /48 behind a 100,000-entry table keeps a thousand sessions.
+func DefaultNetworkLimit(maxEntries int) int {
+	return max(maxEntries/100, 64)
+}
+
+// Network limits are counted in a fixed sketch (two rows of counters, a
+// network's count the lesser of its two): its width grows with the table
+// divided by the limit, so a network is refused only for its own entries,
+// not for other networks' that share its counters, and is bounded.
+const (
+	minNetworkWidth = 1 << 10
+	maxNetworkWidth = 1 << 16
+	// networkSlack: the counters a network shares hold, on average, at
+	// most 1/networkSlack of the limit from other networks.
+	networkSlack = 64
+)
+
+// CheckNetworkLimit reports whether perNetwork is a valid per-network limit
+// for a table of maxEntries entries: positive, and at least maxEntries /
+// (the sketch's widest row / networkSlack), below which the shared counters
+// would refuse innocent networks.
+func CheckNetworkLimit(maxEntries, perNetwork int) error {
+	if perNetwork <= 0 {
+		return fmt.Errorf("must be positive, got %d", perNetwork)
+	}
+	if least := MinNetworkLimit(maxEntries); perNetwork < least {
+		return fmt.Errorf("%d is below the least a table of %d entries keeps per network (%d)", perNetwork, maxEntries, least)
+	}
+	return nil
+}
+
+// MinNetworkLimit is the least per-network limit a table of maxEntries
+// entries takes.
+func MinNetworkLimit(maxEntries int) int {
+	return max(1, (maxEntries*networkSlack+maxNetworkWidth-1)/maxNetworkWidth)
+}
+
+// networkCounts is a count-min sketch of entries per network.
+type networkCounts struct {
+	limit uint32
+	mask  uint32
+	rows  [2][]atomic.Uint32
+}
+
+func (c *networkCounts) init(maxEntries, limit int) {
+	w := minNetworkWidth
+	for w < maxNetworkWidth && w < maxEntries/limit*networkSlack {
+		w <<= 1
+	}
+	c.limit, c.mask = uint32(min(limit, 1<<31)), uint32(w-1)
+	for i := range c.rows {
+		c.rows[i] = make([]atomic.Uint32, w)
+	}
+}
+
+// add counts one more entry of the network with hash h, unless the network
+// holds its limit already.
+func (c *networkCounts) add(h uint64) bool {
+	if c.rows[0] == nil {
+		return true
+	}
+	a, b := &c.rows[0][uint32(h)&c.mask], &c.rows[1][uint32(h>>32)&c.mask]
+	if min(a.Load(), b.Load()) >= c.limit {
+		return false
+	}
+	a.Add(1)
+	b.Add(1)
+	return true
+}
+
+// remove counts one entry fewer of the network with hash h.
+func (c *networkCounts) remove(h uint64) {
+	if c.rows[0] == nil {
+		return
+	}
+	c.rows[0][uint32(h)&c.mask].Add(^uint32(0))
+	c.rows[1][uint32(h>>32)&c.mask].Add(^uint32(0))
+}
+
+// networkHash is the table's seeded hash of the network of k.
+func (t *SessionTable) networkHash(k ClientKey) uint64 {
+	var b [8]byte
+	switch k.fam {
+	case 4:
+		a := binary.BigEndian.Uint32(k.addr[:4]) & ^(^uint32(0) >> min(k.bits, networkBitsV4))
+		binary.BigEndian.PutUint32(b[:4], a)
+		b[4] = 4
+	case 6:
+		hi := binary.BigEndian.Uint64(k.addr[:8]) & ^(^uint64(0) >> min(k.bits, networkBitsV6))
+		binary.BigEndian.PutUint64(b[:], hi)
+		// The low 16 bits of a /48 are zero: room for the family.
+		b[7] = 6
+	}
+	return maphash.Comparable(t.seed, b)
+}
