@@ -427,12 +427,12 @@ type sessionShard struct {
 	t      *SessionTable
 	mu     sync.Mutex
 	byID   map[uint64]uint32 // entries per upstream ID
-	max    uint32 // most entries
-	n      uint32 // entries in the list
-	used   uint32 // slab entries handed out (high-water mark)
-	free   uint32 // free list head
-	head   uint32 // most recently used
-	tail   uint32 // least recently used
+	max    uint32            // most entries
+	n      uint32            // entries in the list
+	used   uint32            // slab entries handed out (high-water mark)
+	free   uint32            // free list head
+	head   uint32            // most recently used
+	tail   uint32            // least recently used
 	chunks [][]sessionEntry
 	// index holds hash<<32 | ref per occupied slot, 0 when empty. Keeping
 	// the low 32 bits of the key hash lets probes skip other keys and lets
