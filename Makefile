@@ -9,7 +9,7 @@ SOURCES := $(shell find . -name '*.go' -not -path './bin/*' -not -path './bench/
 # The integration tests and the demo share one Caddy build.
 export AFFINITY_CADDY := $(CURDIR)/$(CADDY)
 
-.PHONY: demo test caddy deps vet fmt-check unit bench bench-go soak clean
+.PHONY: demo test caddy deps vet fmt-check unit bench bench-go soak fuzz clean
 
 ## demo: build Caddy with the plugin and run examples/demo/Caddyfile
 demo: $(CADDY)
@@ -43,7 +43,7 @@ fmt-check:
 
 ## unit: the fast tests only (no Caddy binary)
 unit:
-	$(GO) test -race -count=1 ./affinity/... ./cookie/... ./caddyfile/...
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
 ## bench: wrk on loopback against Caddy's policies, the plugin's and HAProxy;
 ## writes docs/results.md and its plots (about 20 minutes; BENCH_FLAGS=-quick for about two)
@@ -57,6 +57,11 @@ $(BENCH_CADDY): $(SOURCES) $(wildcard bench/selecttimer/*.go) bench/selecttimer/
 ## bench-go: the selection benchmarks beside Caddy's and caddy-l4's policies, as ratios
 bench-go:
 	./scripts/bench-go.sh 5
+
+## fuzz: every fuzz target for FUZZTIME each (default 10m), with its executions
+FUZZTIME ?= 10m
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
 
 ## soak: the long reliability soak (make test runs a short one)
 soak: $(CADDY) deps

@@ -158,6 +158,11 @@ func FuzzEditLines(f *testing.F) {
 	} {
 		f.Add(s[0], s[1])
 	}
+	// The shapes that made the scan quadratic, at a size a fuzzer can
+	// mutate quickly.
+	for _, shape := range hostileShapes {
+		f.Add(shape.make("affinity", 256), ordinaryHeader(128))
+	}
 	f.Fuzz(func(t *testing.T, l1, l2 string) {
 		in := []string{l1, l2}
 		before := cookiePairs(in)
@@ -249,6 +254,10 @@ func FuzzSelectCookie(f *testing.F) {
 		"SESSID=" + route + "~" + route + "~x", "affinity", ";;;", "affinity=;SESSID=", "SESSID=\"" + route + "~\"",
 	} {
 		f.Add(s)
+	}
+	for _, shape := range hostileShapes {
+		f.Add(shape.make("affinity", 256))
+		f.Add(shape.make("SESSID", 256))
 	}
 	f.Fuzz(func(t *testing.T, header string) {
 		for _, s := range []*StickyCookie{ins, rw} {

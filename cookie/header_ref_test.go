@@ -182,3 +182,43 @@ func TestEditLineMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+// FuzzEditLineReference compares editLine and nextPair with the reference
+// on any line, for each kind of edit.
+func FuzzEditLineReference(f *testing.F) {
+	for _, shape := range hostileShapes {
+		f.Add(shape.make("affinity", 256))
+	}
+	for _, l := range []string{"a=1; affinity=T; b=2", " affinity=T;;", "affinity=\"T\"; affinity = U ;", "x=affinity;affinity=;"} {
+		f.Add(l)
+	}
+	replace := func(v string) (string, bool, bool) { return "N" + v, true, true }
+	alternate := func() func(string) (string, bool, bool) {
+		n := 0
+		return func(v string) (string, bool, bool) {
+			n++
+			return v + "R", n%3 != 0, n%2 == 0
+		}
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		for from := 0; ; {
+			s1, q1, e1, ok1 := nextPair(line, "affinity", from)
+			s2, q2, e2, ok2 := refNextPair(line, "affinity", from)
+			if ok1 != ok2 || s1 != s2 || q1 != q2 || e1 != e2 {
+				t.Fatalf("nextPair(%q, %d) = %d %d %d %v, reference %d %d %d %v", line, from, s1, q1, e1, ok1, s2, q2, e2, ok2)
+			}
+			if !ok1 {
+				break
+			}
+			from = e1
+		}
+		for name, edit := range map[string]func(string) (string, bool, bool){"drop": drop, "keep": keep, "replace": replace} {
+			if got, want := editLine(line, "affinity", edit), refEditLine(line, "affinity", edit); got != want {
+				t.Fatalf("%s: editLine(%q) = %q, reference %q", name, line, got, want)
+			}
+		}
+		if got, want := editLine(line, "affinity", alternate()), refEditLine(line, "affinity", alternate()); got != want {
+			t.Fatalf("alternating: editLine(%q) = %q, reference %q", line, got, want)
+		}
+	})
+}
