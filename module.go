@@ -9,8 +9,12 @@
 package caddyaffinity
 
 import (
+	// The admin API: /affinity/upstreams, drain, sessions.
+	_ "github.com/caddy-affinity/caddy-affinity/admin"
 	// Cookie affinity: sticky_cookie and the affinity handler.
 	_ "github.com/caddy-affinity/caddy-affinity/cookie"
+	// Client-IP affinity for reverse_proxy.
+	_ "github.com/caddy-affinity/caddy-affinity/ipaffinity"
 	// Client-IP affinity for the layer4 app.
 	_ "github.com/caddy-affinity/caddy-affinity/l4"
 	// The layer4 app itself, with every caddy-l4 module.

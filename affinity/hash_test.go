@@ -6,10 +6,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
-	"slices"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -396,18 +394,6 @@ func TestTableEdgeCases(t *testing.T) {
 	}
 }
 
-func TestTableBuildTime(t *testing.T) {
-	for _, n := range []int{4, 16, 64} {
-		addrs := tableAddrs(n)
-		start := time.Now()
-		NewTable(addrs)
-		t.Logf("build for %d upstreams: %v", n, time.Since(start))
-	}
-}
-
-// At 3 upstreams a lookup computes its slot's upstream (Table.direct): a
-// few ns more in this loop, and no cache miss in a busy server; at 16 it
-// reads the table.
 func BenchmarkTableLookup(b *testing.B) {
 	for _, n := range []int{3, 16} {
 		b.Run(fmt.Sprintf("upstreams=%d", n), func(b *testing.B) {
@@ -459,40 +445,5 @@ func BenchmarkTableBuild(b *testing.B) {
 				NewTable(addrs)
 			}
 		})
-	}
-}
-
-// Small pools compute each slot's primary (Table.direct); it must be the
-// table's, slot for slot, capped slots included, or HTTP and layer4, and
-// processes of different builds, would disagree.
-func TestTableDirectAgrees(t *testing.T) {
-	rng := rand.New(rand.NewPCG(7, 7))
-	direct, capped := 0, 0
-	for n := 1; n <= directMax+1; n++ {
-		for trial := range 8 {
-			addrs := make([]string, n)
-			for i := range addrs {
-				addrs[i] = fmt.Sprintf("10.%d.%d.%d:%d", trial, rng.IntN(256), rng.IntN(256), 1000+rng.IntN(9000))
-			}
-			tb := NewTable(addrs)
-			if n > directMax && tb.direct != nil {
-				t.Fatalf("%d upstreams: direct, want the table", n)
-			}
-			if tb.direct == nil {
-				continue
-			}
-			direct++
-			if slices.ContainsFunc(tb.direct, func(p position) bool { return p.full < TableSize }) {
-				capped++
-			}
-			for s := range uint64(TableSize) {
-				if got, want := tb.primaryOf(s), int(tb.primary[s]); got != want {
-					t.Fatalf("%v: slot %d: computed primary %d, table %d (%+v)", addrs, s, got, want, tb.direct)
-				}
-			}
-		}
-	}
-	if direct == 0 || capped == 0 {
-		t.Fatalf("%d pools computed their primaries, %d of them with capped slots: want some of each", direct, capped)
 	}
 }

@@ -23,13 +23,6 @@ type IPOptions struct {
 // consistent-hash table, the upstreams' session IDs and their counters. It
 // is immutable; a copy is as good as the original.
 type IPPool struct {
-	// A small pool's hash and what a selection then reads, inline, first:
-	// what LookupDirect reads.
-	direct struct {
-		n   int // positions; 0 for a pool larger than directMax
-		pos [directMax]position
-	}
-
 	Table    *Table
 	IDs      []uint64
 	Counters []*Counters
@@ -44,27 +37,10 @@ func NewIPPool(policy string, addrs []string) *IPPool {
 		p.IDs[i] = NameUpstream(a)
 		p.Counters[i] = CountersFor(policy, a)
 	}
-	d := &p.direct
-	d.n = copy(d.pos[:], p.Table.direct)
-	for j := range d.pos[:d.n] {
-		d.pos[j].counters = p.Counters[d.pos[j].index]
-	}
 	return p
 }
 
-// LookupDirect is p.Table.Lookup(h) for a pool of up to eight upstreams,
-// reading nothing but p, and returns with the index the upstream's
-// counters and address (p.Counters[i], p.Addrs[i]): in a busy server every
-// other structure a lookup reaches is a cache miss, which costs more than
-// the lookup. ok is false for a larger pool.
-func (p *IPPool) LookupDirect(h uint64) (i int, c *Counters, addr string, ok bool) {
-	d := &p.direct
-	if d.n == 0 {
-		return -1, nil, "", false
-	}
-	q := &d.pos[bestWithRoom(d.pos[:d.n], h>>tableShift)]
-	return int(q.index), q.counters, q.addr, true
-}
+func (p *IPPool) addr(i int) string { return p.Addrs[i] }
 
 // Release gives back what NewIPPool retained for policy.
 func (p *IPPool) Release(policy string) { Release(policy, p.Addrs...) }
@@ -91,18 +67,16 @@ func ChooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 	if tried == nil {
 		return chooseIP(o, sessions, p, k, now, avail, load, false)
 	}
+	if NewRound(len(p.Addrs), avail, tried) {
+		if sessions != nil {
+			sessions.Delete(k)
+		}
+		// Still a retry of a failed request: it counts as a rebind.
+		return chooseIP(o, sessions, p, k, now, avail, load, true)
+	}
 	untried := func(i int) bool { return avail(i) && !tried(i) }
 	if i, res := chooseIP(o, sessions, p, k, now, untried, load, false); i >= 0 {
 		return i, res
-	}
-	for i := range p.Addrs {
-		if avail(i) && tried(i) {
-			if sessions != nil {
-				sessions.Delete(k)
-			}
-			// Still a retry of a failed request: it counts as a rebind.
-			return chooseIP(o, sessions, p, k, now, avail, load, true)
-		}
 	}
 	return -1, ResultRebind
 }
@@ -131,19 +105,16 @@ func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 			return i, ResultHit
 		}
 	}
-	accept := avail
-	if AnyDraining() {
-		accept = func(i int) bool { return avail(i) && !IsDraining(p.Addrs[i]) }
+	lookup := func(ok func(i int) bool) int {
+		if bounded {
+			return p.Table.LookupBounded(h, o.BalanceFactor, load, ok)
+		}
+		return p.Table.LookupFunc(h, ok)
 	}
-	var i int
-	if bounded {
-		i = p.Table.LookupBounded(h, o.BalanceFactor, load, accept)
-	} else {
-		i = p.Table.LookupFunc(h, accept)
-	}
+	// The drain rule (see Undrained).
+	i := lookup(Undrained(avail, p.addr))
 	if i < 0 && AnyDraining() {
-		// Only draining upstreams are left: serve rather than fail.
-		i = p.Table.LookupFunc(h, avail)
+		i = lookup(avail)
 	}
 	if i < 0 {
 		return -1, ResultRebind

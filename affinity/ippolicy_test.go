@@ -1,8 +1,6 @@
 package affinity
 
 import (
-	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -77,32 +75,6 @@ func TestChooseIPFastPathAgrees(t *testing.T) {
 			if f, s := fast.Counters[i].Count(r), slow.Counters[i].Count(r); f != s {
 				t.Errorf("upstream %d, %v: fast path counted %d, general path %d", i, r, f, s)
 			}
-		}
-	}
-}
-
-// LookupDirect must be Table.Lookup for every pool it serves, duplicates
-// and capped slots included, and decline larger pools.
-func TestLookupDirectAgrees(t *testing.T) {
-	rng := rand.New(rand.NewPCG(5, 6))
-	for n := 1; n <= directMax+2; n++ {
-		for trial := range 6 {
-			addrs := make([]string, n)
-			for i := range addrs {
-				addrs[i] = fmt.Sprintf("10.%d.0.%d:80", trial, rng.IntN(n+2)) // some duplicates
-			}
-			p := NewIPPool(t.Name(), addrs)
-			for range 5000 {
-				h := rng.Uint64()
-				i, c, addr, ok := p.LookupDirect(h)
-				if want := p.Table.Lookup(h); ok && (i != want || c != p.Counters[i] || addr != p.Addrs[i]) {
-					t.Fatalf("%v: LookupDirect(%x) = %d, %p, %q; want Table.Lookup %d and its counters and address", addrs, h, i, c, addr, want)
-				}
-				if ok != (len(p.Table.ids) <= directMax) {
-					t.Fatalf("%v (%d distinct): LookupDirect ok = %v", addrs, len(p.Table.ids), ok)
-				}
-			}
-			p.Release(t.Name())
 		}
 	}
 }

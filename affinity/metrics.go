@@ -71,9 +71,6 @@ func RegisterMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	err := reg.Register(collector{})
-	if errors.Is(err, prometheus.AlreadyRegisteredError{}) {
-		return nil
-	}
 	var are prometheus.AlreadyRegisteredError
 	if errors.As(err, &are) {
 		return nil

@@ -73,9 +73,8 @@ type PoolCache[U comparable, S any] struct {
 	Drop func(S)
 
 	snaps  [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
-	drops  atomic.Uint64 // states dropped so far
-	next   int           // slot the next new pool replaces; guarded by mu
-	closed bool          // guarded by mu
+	next   int  // slot the next new pool replaces; guarded by mu
+	closed bool // guarded by mu
 	mu     sync.Mutex
 }
 
@@ -91,26 +90,17 @@ type poolSnap[U comparable, S any] struct {
 // for a position differing from the upstream there (the slice was changed
 // in place, which Caddy does not do) call Refresh.
 func (c *PoolCache[U, S]) Get(pool []U) S {
-	state, _ := c.GetSame(pool)
-	return state
-}
-
-// GetSame is Get, and also reports whether the cache knows pool itself,
-// the very slice, not only its addresses: Caddy's static upstreams, passed
-// on every request. A caller may then keep what it derives from the state
-// beside that slice, checked by the slice's identity.
-func (c *PoolCache[U, S]) GetSame(pool []U) (state S, same bool) {
 	for i := range c.snaps {
 		if s := c.snaps[i].Load(); s != nil && len(s.orig) == len(pool) && (len(pool) == 0 || &s.orig[0] == &pool[0]) {
-			return s.state, true
+			return s.state
 		}
 	}
 	for i := range c.snaps {
 		if s := c.snaps[i].Load(); s != nil && c.sameAddrs(s.addrs, pool) {
-			return s.state, false
+			return s.state
 		}
 	}
-	return c.rebuild(pool), false
+	return c.rebuild(pool)
 }
 
 // Refresh finds or builds the state for pool by its addresses, ignoring
@@ -171,16 +161,9 @@ func (c *PoolCache[U, S]) Close() {
 	}
 }
 
-// drop counts a state dropped, then releases it.
+// drop releases a state the cache no longer keeps.
 func (c *PoolCache[U, S]) drop(state S) {
-	c.drops.Add(1)
 	if c.Drop != nil {
 		c.Drop(state)
 	}
 }
-
-// Drops returns how many states the cache has dropped so far. A caller that
-// keeps a state beside the cache reads it before GetSame and again after
-// keeping the state: if it moved meanwhile, the state may have been
-// dropped in between, and the caller lets it go.
-func (c *PoolCache[U, S]) Drops() uint64 { return c.drops.Load() }

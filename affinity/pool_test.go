@@ -2,6 +2,7 @@ package affinity
 
 import (
 	"fmt"
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -196,7 +197,7 @@ func TestPoolCacheConcurrent(t *testing.T) {
 }
 
 func TestPoolCacheGetAllocations(t *testing.T) {
-	if raceEnabled() {
+	if testutil.RaceEnabled {
 		t.Skip("allocation counts require a build without -race")
 	}
 	c, _ := countingCache()
@@ -238,19 +239,21 @@ func TestPoolCacheAlternatingPools(t *testing.T) {
 }
 
 func TestPoolCacheDrops(t *testing.T) {
-	c := PoolCache[string, int]{Addr: func(u string) string { return u }, Build: func(a []string) int { return len(a) }}
+	drops := 0
+	c := PoolCache[string, int]{Addr: func(u string) string { return u }, Build: func(a []string) int { return len(a) },
+		Drop: func(int) { drops++ }}
 	for i := range poolCacheSlots {
 		c.Get(make([]string, i+1))
 	}
-	if c.Drops() != 0 {
-		t.Fatalf("%d drops before the cache was full", c.Drops())
+	if drops != 0 {
+		t.Fatalf("%d drops before the cache was full", drops)
 	}
 	c.Get(make([]string, poolCacheSlots+1))
-	if c.Drops() != 1 {
-		t.Fatalf("%d drops after one eviction, want 1", c.Drops())
+	if drops != 1 {
+		t.Fatalf("%d drops after one eviction, want 1", drops)
 	}
 	c.Close()
-	if c.Drops() != 1+poolCacheSlots {
-		t.Fatalf("%d drops after Close, want %d", c.Drops(), 1+poolCacheSlots)
+	if drops != 1+poolCacheSlots {
+		t.Fatalf("%d drops after Close, want %d", drops, 1+poolCacheSlots)
 	}
 }

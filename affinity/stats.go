@@ -178,9 +178,9 @@ func EachCounters(fn func(policy, addr string, c *Counters)) {
 	}
 }
 
-// Known reports whether any policy has routed, or been given a pool with,
+// KnownUpstream reports whether any policy has routed, or been given a pool with,
 // the upstream at addr.
-func Known(addr string) bool {
+func KnownUpstream(addr string) bool {
 	stats.RLock()
 	defer stats.RUnlock()
 	for k := range stats.m {

@@ -190,7 +190,7 @@ func TestCountersFor(t *testing.T) {
 
 func TestEachCountersOrderAndKnown(t *testing.T) {
 	prefix := uniq("each-order") + "-"
-	if Known(prefix + "a:80") {
+	if KnownUpstream(prefix + "a:80") {
 		t.Fatal("address known before any counters exist")
 	}
 	// Created out of order on purpose.
@@ -225,11 +225,11 @@ func TestEachCountersOrderAndKnown(t *testing.T) {
 		t.Fatalf("EachCounters order:\n got %q\nwant %q", got, want)
 	}
 	for _, a := range []string{"a", "b", "c"} {
-		if !Known(prefix + a + ":80") {
-			t.Errorf("Known(%s) = false", a)
+		if !KnownUpstream(prefix + a + ":80") {
+			t.Errorf("KnownUpstream(%s) = false", a)
 		}
 	}
-	if Known(prefix + "d:80") {
+	if KnownUpstream(prefix + "d:80") {
 		t.Error("Known of an address without counters")
 	}
 }
@@ -243,7 +243,7 @@ func TestEachCountersMayCreate(t *testing.T) {
 			CountersFor("test_each_create_2", addr)
 		}
 	})
-	if !Known("each-create:80") {
+	if !KnownUpstream("each-create:80") {
 		t.Fatal("address unknown")
 	}
 }
@@ -272,11 +272,11 @@ func TestRetainRelease(t *testing.T) {
 	Retain(policy, a) // a reload: the new config retains before the old releases
 	CountersFor(policy, a).Record(ResultHit, ReasonNone)
 	Release(policy, a)
-	if !Known(a) || CountersFor(policy, a).Count(ResultHit) != 1 {
-		t.Fatalf("released once of twice: known %v, hits %d", Known(a), CountersFor(policy, a).Count(ResultHit))
+	if !KnownUpstream(a) || CountersFor(policy, a).Count(ResultHit) != 1 {
+		t.Fatalf("released once of twice: known %v, hits %d", KnownUpstream(a), CountersFor(policy, a).Count(ResultHit))
 	}
 	Release(policy, a)
-	if Known(a) {
+	if KnownUpstream(a) {
 		t.Fatalf("an address no config retains is still known")
 	}
 	listed := false

@@ -3,7 +3,7 @@ package affinity
 import (
 	"encoding/base64"
 	"encoding/binary"
-	"runtime/debug"
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 	"strings"
 	"sync"
 	"testing"
@@ -531,23 +531,8 @@ func TestParseTokenConcurrent(t *testing.T) {
 	}
 }
 
-// raceEnabled reports whether the test binary was built with -race, where
-// sync.Pool drops items on purpose and allocation counts mean nothing.
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
-}
-
 func TestTokenCodecAllocations(t *testing.T) {
-	if raceEnabled() {
+	if testutil.RaceEnabled {
 		t.Skip("allocation counts require a build without -race")
 	}
 	k := mustKeyring(t, "c", testKey, otherKey)

@@ -5,7 +5,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+	"github.com/caddy-affinity/caddy-affinity/internal/parse"
 )
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:

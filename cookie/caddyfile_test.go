@@ -189,7 +189,7 @@ func TestValidateRewriteInsertOnly(t *testing.T) {
 		if err := json.Unmarshal([]byte(`{`+jsonOpt(opt)+`}`), s); err != nil {
 			t.Fatalf("%s: %v", opt, err)
 		}
-		if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), opt+":") {
+		if err := s.validate(); err == nil || !strings.HasPrefix(err.Error(), opt+":") {
 			t.Errorf("%s in rewrite mode, JSON: Validate = %v", opt, err)
 		}
 	}
@@ -198,7 +198,7 @@ func TestValidateRewriteInsertOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Validate(); err != nil {
+	if err := s.validate(); err != nil {
 		t.Fatalf("valid rewrite config: %v", err)
 	}
 	// Each error is placed at the option it names, or at the block's end
@@ -238,7 +238,7 @@ func TestValidateErrorIsDeterministic(t *testing.T) {
 	s := &StickyCookie{Mode: ModeRewrite, Name: "SESSID", MaxAge: caddy.Duration(time.Hour), Domain: "example.com", Secure: "always"}
 	seen := map[string]bool{}
 	for i := 0; i < 50; i++ {
-		seen[s.Validate().Error()] = true
+		seen[s.validate().Error()] = true
 	}
 	if len(seen) != 1 {
 		t.Fatalf("Validate reports %d different errors for one config: %v", len(seen), seen)
@@ -275,7 +275,7 @@ func TestValidateCookiePrefixes(t *testing.T) {
 		{&StickyCookie{Name: "__Secure-aff", Secure: "never", Path: "/"}, false},
 	} {
 		tc.s.Mode = ModeInsert
-		err := tc.s.Validate()
+		err := tc.s.validate()
 		if (err == nil) != tc.ok || (err != nil && !strings.HasPrefix(err.Error(), "name:")) {
 			t.Errorf("%s (secure %q, path %q, domain %q): Validate = %v, want ok=%v with an error naming the name",
 				tc.s.Name, tc.s.Secure, tc.s.Path, tc.s.Domain, err, tc.ok)

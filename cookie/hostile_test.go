@@ -66,18 +66,20 @@ func minTime(rounds, reps int, fn func()) time.Duration {
 	return best
 }
 
-// TestHostileHeaderCostsWhatOrdinaryOneDoes checks that every hostile shape
-// costs about what an ordinary header of the same size does, in each mode
-// that scans the Cookie header. It compares times as a ratio measured
-// side by side rather than against a limit, and the bound leaves room for
-// a noisy machine: at 64 KiB the quadratic scan cost thousands of times
-// the ordinary header.
+// TestHostileHeaderCostsWhatOrdinaryOneDoes checks that no hostile shape
+// costs more than a small multiple of an ordinary header of the same size,
+// in each mode that scans the Cookie header. It compares times as a ratio
+// measured side by side rather than against a limit, and the bound leaves
+// room for a loaded machine (a header of many pairs to edit costs a few
+// times one of pairs to skip): at 64 KiB the quadratic scan cost hundreds
+// of times the ordinary header. TestHostileCookieCostInCaddy holds the
+// tighter bound, measured through a real Caddy.
 func TestHostileHeaderCostsWhatOrdinaryOneDoes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing comparison")
 	}
 	const size = 64 << 10
-	const bound = 8.0
+	const bound = 50.0
 	policies := []*StickyCookie{
 		provision(t, &StickyCookie{FallbackRaw: fallback("first")}),
 		provision(t, &StickyCookie{FallbackRaw: fallback("first"), ForwardCookie: true}),

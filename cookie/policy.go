@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/internal/caddyutil"
 	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
 )
 
@@ -137,7 +138,7 @@ type StickyCookie struct {
 	varKey    string
 	pools     affinity.PoolCache[*reverseproxy.Upstream, *poolState]
 	logger    *zap.Logger
-	decide    decisionlog.Logger
+	decisions decisionlog.Logger
 	noHandler sync.Once
 	now       func() time.Time
 }
@@ -217,7 +218,7 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 	if err := affinity.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
-	s.static = RegisterParentUpstreams(ctx, PolicyName)
+	s.static = caddyutil.RegisterParentUpstreams(ctx, PolicyName)
 	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
 	s.pools.Build = func(addrs []string) *poolState {
 		affinity.Retain(PolicyName, addrs...)
@@ -238,11 +239,10 @@ func (s *StickyCookie) Cleanup() error {
 	return nil
 }
 
-// Validate ensures s's configuration is valid.
-func (s *StickyCookie) Validate() error { return s.validate() }
-
 // validate checks the configuration as given: unset options count as their
 // defaults, so the Caddyfile adapter can run it too and name the line.
+// Provision runs it, once per config load (the policy is no
+// caddy.Validator, which would check it again).
 func (s *StickyCookie) validate() error {
 	mode := s.Mode
 	switch mode {
@@ -400,10 +400,7 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		return nil
 	}
 	ps := s.pools.Get(pool)
-	if st.attempts > 1 && st.allTried(pool) {
-		// Every available upstream failed this request once: go round
-		// again, as Caddy's own policies do within lb_try_duration, so a
-		// backend that restarts meanwhile is reached.
+	if st.attempts > 1 && affinity.NewRound(len(pool), func(i int) bool { return pool[i].Available() }, func(i int) bool { return st.triedUp(pool[i]) }) {
 		st.tried = st.tried[:0]
 	}
 
@@ -425,16 +422,17 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 				// token stays: move its session deterministically.
 				result = affinity.ResultRebind
 			}
-		} else if u := pool[i]; u.Available() && (s.strict || !st.triedUp(u)) {
-			// Strict sessions retry their own upstream only: if it
-			// recovers within lb_try_duration, a retry reaches it.
-			up, idx, result = u, i, affinity.ResultHit
-			issued = st.tok.Issued
-		} else if s.strict {
-			s.logDecision(r, "", affinity.ResultRebind, affinity.ReasonNone, "strict: session's upstream unavailable")
-			return nil
 		} else {
-			result = affinity.ResultRebind
+			switch u := pool[i]; affinity.OnBound(u.Available(), st.triedUp(u), s.strict) {
+			case affinity.Keep:
+				up, idx, result = u, i, affinity.ResultHit
+				issued = st.tok.Issued
+			case affinity.Refuse:
+				s.logDecision(r, "", affinity.ResultRebind, affinity.ReasonNone, "strict: session's upstream unavailable")
+				return nil
+			default:
+				result = affinity.ResultRebind
+			}
 		}
 	} else if st.reason != affinity.ReasonNone {
 		result, reason = affinity.ResultRejected, st.reason
@@ -496,49 +494,12 @@ func (s *StickyCookie) pickNew(pool reverseproxy.UpstreamPool, r *http.Request, 
 	if len(st.tried) == 0 && !affinity.AnyDraining() {
 		return s.fallback.Select(pool, r, w)
 	}
-	open := func(u *reverseproxy.Upstream) bool { return st.triedUp(u) || affinity.IsDraining(u.Dial) }
-	if up := selectAmong(s.fallback, pool, r, w, open); up != nil {
-		return up
-	}
-	// Every other upstream is down or tried: serving from a draining one
-	// beats failing the request.
-	draining := func(u *reverseproxy.Upstream) bool { return st.triedUp(u) || !affinity.IsDraining(u.Dial) }
-	return selectAmong(s.fallback, pool, r, w, draining)
-}
-
-// A SubsetSelector is a selection policy that can choose among part of a
-// pool handed to it whole. A policy that keeps state per pool (ip_affinity
-// builds a hash table) implements it, so that a policy whose fallback it is
-// does not hand it a new slice for each subset of failed or draining
-// upstreams: during a partial outage there are many.
-type SubsetSelector interface {
-	// SelectSubset is Select among the upstreams of pool for which skip
-	// is false.
-	SelectSubset(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream
-}
-
-// selectAmong asks sel for an upstream of pool that skip does not exclude.
-func selectAmong(sel reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream {
-	if ss, ok := sel.(SubsetSelector); ok {
-		return ss.SelectSubset(pool, r, w, skip)
-	}
-	sub := Without(pool, skip)
-	if len(sub) == 0 {
-		return nil
-	}
-	return sel.Select(sub, r, w)
-}
-
-// Without returns the upstreams of pool for which skip is false, in a new
-// slice.
-func Without(pool reverseproxy.UpstreamPool, skip func(*reverseproxy.Upstream) bool) reverseproxy.UpstreamPool {
-	out := make(reverseproxy.UpstreamPool, 0, len(pool))
-	for _, u := range pool {
-		if !skip(u) {
-			out = append(out, u)
-		}
-	}
-	return out
+	untried := func(u *reverseproxy.Upstream) bool { return !st.triedUp(u) }
+	up, _ := affinity.PreferNotDraining(untried, dial, func(ok func(*reverseproxy.Upstream) bool) (*reverseproxy.Upstream, bool) {
+		up := caddyutil.SelectAmong(s.fallback, pool, r, w, func(u *reverseproxy.Upstream) bool { return !ok(u) })
+		return up, up != nil
+	})
+	return up
 }
 
 // pickStable moves a rewrite-mode session deterministically: the backend
@@ -549,28 +510,24 @@ func Without(pool reverseproxy.UpstreamPool, skip func(*reverseproxy.Upstream) b
 // the upstream returns the session goes back to it. It costs O(n), on the
 // failure path only.
 func (s *StickyCookie) pickStable(pool reverseproxy.UpstreamPool, st *reqState, key uint64) *reverseproxy.Upstream {
-	var best, spare *reverseproxy.Upstream
-	var bestScore, spareScore uint64
-	for _, u := range pool {
-		if !u.Available() || st.triedUp(u) {
-			continue
-		}
-		score := mix64(key ^ xxhash.Sum64String(u.Dial))
-		if affinity.IsDraining(u.Dial) {
-			if spare == nil || score > spareScore {
-				spare, spareScore = u, score
+	usable := func(u *reverseproxy.Upstream) bool { return u.Available() && !st.triedUp(u) }
+	up, _ := affinity.PreferNotDraining(usable, dial, func(ok func(*reverseproxy.Upstream) bool) (*reverseproxy.Upstream, bool) {
+		var best *reverseproxy.Upstream
+		var bestScore uint64
+		for _, u := range pool {
+			if !ok(u) {
+				continue
 			}
-			continue
+			if score := mix64(key ^ xxhash.Sum64String(u.Dial)); best == nil || score > bestScore {
+				best, bestScore = u, score
+			}
 		}
-		if best == nil || score > bestScore {
-			best, bestScore = u, score
-		}
-	}
-	if best == nil {
-		return spare
-	}
-	return best
+		return best, best != nil
+	})
+	return up
 }
+
+func dial(u *reverseproxy.Upstream) string { return u.Dial }
 
 // mix64 is SplitMix64's finaliser: a cheap, well-spread 64-bit mix.
 func mix64(x uint64) uint64 {
@@ -579,17 +536,6 @@ func mix64(x uint64) uint64 {
 	x ^= x >> 27
 	x *= 0x94d049bb133111eb
 	return x ^ x>>31
-}
-
-// allTried reports whether every available upstream of pool already
-// failed this request.
-func (st *reqState) allTried(pool reverseproxy.UpstreamPool) bool {
-	for _, u := range pool {
-		if u.Available() && !st.triedUp(u) {
-			return false
-		}
-	}
-	return true
 }
 
 // triedUp reports whether an earlier attempt of the request used u. It
@@ -716,14 +662,14 @@ func (st *reqState) routeToken() string {
 }
 
 func (s *StickyCookie) setLogger(l *zap.Logger) {
-	s.logger, s.decide = l, decisionlog.New(l)
+	s.logger, s.decisions = l, decisionlog.New(l)
 }
 
 func (s *StickyCookie) logDecision(r *http.Request, upstream string, res affinity.Result, reason affinity.Reason, msg string) {
 	// A rebind is news when it re-issues the cookie (insert mode); in
 	// rewrite mode it repeats on every request until the backend sets its
 	// cookie again.
-	c := s.decide.Check(res == affinity.ResultRebind && !s.rewrite && msg == "")
+	c := s.decisions.Check(res == affinity.ResultRebind && !s.rewrite && msg == "")
 	if c == nil {
 		return
 	}
@@ -746,29 +692,6 @@ func (s *StickyCookie) logDecision(r *http.Request, upstream string, res affinit
 var (
 	_ reverseproxy.Selector = (*StickyCookie)(nil)
 	_ caddy.Provisioner     = (*StickyCookie)(nil)
-	_ caddy.Validator       = (*StickyCookie)(nil)
 	_ caddy.CleanerUpper    = (*StickyCookie)(nil)
 	_ caddyfile.Unmarshaler = (*StickyCookie)(nil)
 )
-
-// RegisterParentUpstreams makes the static upstreams of the reverse_proxy
-// handler that loads a policy known to the admin API at once (so they can
-// be drained before any traffic), under policy kind policy, and returns
-// them for the policy's Cleanup to release. The handler is the
-// provisioning context's parent module.
-func RegisterParentUpstreams(ctx caddy.Context, policy string) []string {
-	var addrs []string
-	mods := ctx.Modules()
-	for i := len(mods) - 1; i >= 0; i-- {
-		if h, ok := mods[i].(*reverseproxy.Handler); ok {
-			for _, u := range h.Upstreams {
-				if u != nil && u.Dial != "" && !strings.Contains(u.Dial, "{") {
-					addrs = append(addrs, u.Dial)
-				}
-			}
-			break
-		}
-	}
-	affinity.Retain(policy, addrs...)
-	return addrs
-}

@@ -12,7 +12,7 @@ import (
 	"github.com/mholt/caddy-l4/modules/l4proxy"
 
 	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
-	"github.com/caddy-affinity/caddy-affinity/ip"
+	"github.com/caddy-affinity/caddy-affinity/ipaffinity"
 )
 
 func parseL4(input string) (*IPAffinity, error) {
@@ -33,7 +33,7 @@ func TestLayer4CaddyfileEveryOption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ip.Config{
+	want := ipaffinity.Config{
 		IPv4Prefix: 24, IPv6Prefix: 48, BalanceFactor: 1.25,
 		PersistTimeout: caddy.Duration(10 * time.Minute), MaxSessionsBytes: 64 << 20,
 	}
@@ -46,7 +46,7 @@ func TestLayer4CaddyfileEveryOption(t *testing.T) {
 	}
 	testutil.SameJSON(t, "policy", out, `{"ipv4_prefix":24,"ipv6_prefix":48,"balance_factor":1.25,
 		"persist_timeout":600000000000,"max_sessions_bytes":67108864,"fallback":{"policy":"random_choose","choose":3}}`)
-	if err := s.Config.Validate(); err != nil {
+	if err := s.Config.Check(); err != nil {
 		t.Errorf("the parsed policy does not validate: %v", err)
 	}
 }

@@ -1,8 +1,9 @@
 // Package l4 is client-IP affinity for the layer4 app (caddy-l4): the
-// layer4.proxy.selection_policies.ip_affinity policy. It shares its hash
-// and its options with the HTTP ip_affinity policy, so both send a client
-// to the same upstream (each keeps its own session table, so after a
-// failover the two may remember different upstreams for a client).
+// layer4.proxy.selection_policies.ip_affinity policy, an adapter over the
+// selection core of package ipaffinity. It shares its hash and its options
+// with the HTTP ip_affinity policy, so both send a client to the same
+// upstream (each keeps its own session table, so after a failover the two
+// may remember different upstreams for a client).
 package l4
 
 import (
@@ -13,8 +14,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -22,12 +21,10 @@ import (
 	"github.com/mholt/caddy-l4/modules/l4proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"go.uber.org/zap"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
-	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
-	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
-	"github.com/caddy-affinity/caddy-affinity/ip"
+	"github.com/caddy-affinity/caddy-affinity/internal/parse"
+	"github.com/caddy-affinity/caddy-affinity/ipaffinity"
 )
 
 func init() {
@@ -43,7 +40,7 @@ const PolicyName = "layer4_ip_affinity"
 // The client is the connection's remote address, which caddy-l4's
 // proxy_protocol handler sets when it runs first.
 type IPAffinity struct {
-	ip.Config
+	ipaffinity.Config
 
 	// The selection policy used when the hash finds no available upstream,
 	// or the connection's remote address is not an IP (a unix socket).
@@ -53,21 +50,10 @@ type IPAffinity struct {
 
 	fallback l4proxy.Selector
 	static   []string // the parent's upstreams, retained
-	pools    affinity.PoolCache[*l4proxy.Upstream, *pool]
-	conns    *prometheus.GaugeVec
-	logger   *zap.Logger
-	decide   decisionlog.Logger
-	now      func() time.Time
-	// triedKey names the connection variable holding the upstreams earlier
-	// tries of a connection used, one per instance.
-	triedKey string
-	noIPOnce sync.Once
-}
-
-// pool is the policy's state for one pool of upstreams.
-type pool struct {
-	*affinity.IPPool
-	gauges []prometheus.Gauge // open connections per upstream, for bounded loads
+	core     *ipaffinity.Core[*l4proxy.Upstream]
+	// gauges are caddy-l4's open connections per upstream address, for
+	// bounded loads; nil without balance_factor.
+	conns *prometheus.GaugeVec
 }
 
 // CaddyModule returns the Caddy module information.
@@ -80,11 +66,6 @@ func (*IPAffinity) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up s.
 func (s *IPAffinity) Provision(ctx caddy.Context) error {
-	s.setLogger(ctx.Logger())
-	s.triedKey = affinity.VarKey(PolicyName)
-	if s.now == nil {
-		s.now = time.Now
-	}
 	// caddy-l4 gives its servers no identity a policy can see, so policies
 	// with the same options are told apart by their upstreams: a reload
 	// that changes a proxy's upstreams starts its session table afresh.
@@ -112,17 +93,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		s.conns = g
 	}
 	s.static = registerParentUpstreams(ctx)
-	s.pools.Addr = func(u *l4proxy.Upstream) string { return u.String() }
-	s.pools.Drop = func(p *pool) { p.Release(PolicyName) }
-	s.pools.Build = func(addrs []string) *pool {
-		p := &pool{IPPool: affinity.NewIPPool(PolicyName, addrs)}
-		if s.conns != nil {
-			for _, a := range addrs {
-				p.gauges = append(p.gauges, s.conns.WithLabelValues(a))
-			}
-		}
-		return p
-	}
+	s.core = ipaffinity.NewCore(&s.Config, PolicyName, (*l4proxy.Upstream).String, ctx.Logger(), s.fallback != nil)
 	return nil
 }
 
@@ -191,7 +162,9 @@ func registerParentUpstreams(ctx caddy.Context) []string {
 // Cleanup releases the session table and the upstreams this config made
 // known.
 func (s *IPAffinity) Cleanup() error {
-	s.pools.Close()
+	if s.core != nil {
+		s.core.Close()
+	}
 	affinity.Release(PolicyName, s.static...)
 	return s.Config.Cleanup()
 }
@@ -225,78 +198,29 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	if len(up) == 0 {
 		return nil
 	}
-	addr, ok := remoteIP(conn.RemoteAddr())
-	if !ok {
-		if s.fallback == nil {
-			// No IP to be affine to (a unix socket): serve the connection
-			// rather than fail it.
-			s.noIPOnce.Do(func() {
-				s.logger.Warn("client address is not an IP: choosing upstreams at random; set a fallback policy to choose otherwise")
-			})
-			return new(l4proxy.RandomSelection).Select(up, conn)
-		}
-		return s.fallback.Select(up, conn)
-	}
-	k := affinity.MaskClient(addr, s.IPv4Prefix, s.IPv6Prefix)
-	p := s.pools.Get(up)
-	var load func(int) int
-	if p.gauges != nil {
-		load = func(i int) int {
+	client, _ := remoteIP(conn.RemoteAddr())
+	u := ipaffinity.Upstreams{Available: func(i int) bool { return available(up[i], conn) }}
+	if s.conns != nil {
+		u.Load = func(i int) int {
 			var m dto.Metric
-			if p.gauges[i].Write(&m) != nil || m.Gauge == nil {
+			if s.conns.WithLabelValues(up[i].String()).Write(&m) != nil || m.Gauge == nil {
 				return 0
 			}
 			return int(m.Gauge.GetValue())
 		}
 	}
-	// caddy-l4 calls Select again while lb_try_duration allows, after a
-	// failed dial: the upstreams that already failed this connection are
-	// passed over (see affinity.ChooseIP).
-	var tried []*l4proxy.Upstream
-	switch v := conn.GetVar(s.triedKey).(type) {
-	case *l4proxy.Upstream:
-		tried = []*l4proxy.Upstream{v}
-	case []*l4proxy.Upstream:
-		tried = v
+	i := s.core.Select(up, client, conn, u)
+	switch {
+	case i >= 0:
+		return up[i]
+	case s.fallback != nil:
+		return s.fallback.Select(up, conn)
+	case i == ipaffinity.NotIP:
+		// No IP to be affine to (a unix socket): serve the connection
+		// rather than fail it.
+		return new(l4proxy.RandomSelection).Select(up, conn)
 	}
-	avail := func(i int) bool { return available(up[i], conn) }
-	var failed func(i int) bool
-	if tried != nil {
-		failed = func(i int) bool {
-			return slices.ContainsFunc(tried, func(t *l4proxy.Upstream) bool { return t == up[i] || t.String() == up[i].String() })
-		}
-	}
-	i, res := affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, failed, load)
-	if p.Stale(i, up[max(i, 0)].String()) {
-		p = s.pools.Refresh(up)
-		i, res = affinity.ChooseIP(s.Options(), s.Sessions(), p.IPPool, k, s.now(), avail, failed, load)
-	}
-	if i < 0 {
-		return s.fallbackSelect(up, conn)
-	}
-	if failed != nil && failed(i) {
-		tried = nil // a new round of the pool began
-	}
-	if tried == nil {
-		conn.SetVar(s.triedKey, up[i]) // no allocation on the first try
-	} else {
-		conn.SetVar(s.triedKey, append(tried, up[i]))
-	}
-	if table := s.Sessions() != nil; s.decide.Enabled(ip.Notable(res, table)) {
-		ip.LogDecision(s.decide, PolicyName, k, up[i].String(), res, table)
-	}
-	return up[i]
-}
-
-func (s *IPAffinity) setLogger(l *zap.Logger) {
-	s.logger, s.decide = l, decisionlog.New(l)
-}
-
-func (s *IPAffinity) fallbackSelect(up l4proxy.UpstreamPool, conn *layer4.Connection) *l4proxy.Upstream {
-	if s.fallback == nil {
-		return nil
-	}
-	return s.fallback.Select(up, conn)
+	return nil
 }
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
@@ -307,6 +231,7 @@ func (s *IPAffinity) fallbackSelect(up l4proxy.UpstreamPool, conn *layer4.Connec
 //		balance_factor  <float>
 //		persist_timeout <duration>
 //		max_sessions    <count|size>
+//		max_sessions_per_network <count>
 //		fallback        <policy> [<args...>] [{ ... }]
 //	}
 func (s *IPAffinity) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
-	"github.com/caddy-affinity/caddy-affinity/ip"
+	"github.com/caddy-affinity/caddy-affinity/ipaffinity"
 )
 
 // fakeConn is a net.Conn with addresses only: selection reads nothing else.
@@ -46,7 +46,7 @@ func provisioned(t testing.TB, p *IPAffinity) *IPAffinity {
 	if err := p.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p.setLogger(zap.NewNop())
+	p.core.SetLogger(zap.NewNop())
 	return p
 }
 
@@ -72,7 +72,7 @@ func TestLayer4AgreesWithCore(t *testing.T) {
 func TestLayer4PrefixKeepsNATPoolTogether(t *testing.T) {
 	pool := testPool(16)
 	p := provisioned(t, &IPAffinity{})
-	p24 := provisioned(t, &IPAffinity{Config: ip.Config{IPv4Prefix: 24}})
+	p24 := provisioned(t, &IPAffinity{Config: ipaffinity.Config{IPv4Prefix: 24}})
 	first := p24.Select(pool, connFrom("203.0.113.1"))
 	distinct := map[*l4proxy.Upstream]bool{}
 	for i := 1; i < 255; i++ {
@@ -126,7 +126,7 @@ func TestLayer4NonIPClient(t *testing.T) {
 
 func TestLayer4SessionTable(t *testing.T) {
 	pool := testPool(3)
-	p := provisioned(t, &IPAffinity{Config: ip.Config{PersistTimeout: caddy.Duration(time.Minute)}})
+	p := provisioned(t, &IPAffinity{Config: ipaffinity.Config{PersistTimeout: caddy.Duration(time.Minute)}})
 	first := p.Select(pool, connFrom("192.0.2.99"))
 	if n := p.Sessions().Len(); n != 1 {
 		t.Fatalf("session table has %d entries, want 1", n)
@@ -159,7 +159,7 @@ func BenchmarkL4Select(b *testing.B) {
 				b.ReportAllocs()
 				for i := 0; b.Loop(); i++ {
 					c := conns[i&1023]
-					c.SetVar(ours.triedKey, nil) // a new connection, as far as retries go
+					c.SetVar(ours.core.VarKey(), nil) // a new connection, as far as retries go
 					if p.sel.Select(pool, c) == nil {
 						b.Fatal("no upstream")
 					}

@@ -2,7 +2,7 @@
 # The selection benchmarks of every policy beside the ones they are compared
 # with, in one `go test -bench` run, reported as medians and ratios:
 #   cookie/  sticky_cookie vs Caddy's cookie policy (a valid cookie)
-#   .        ip_affinity vs Caddy's ip_hash and client_ip_hash
+#   ipaffinity/ ip_affinity vs Caddy's ip_hash and client_ip_hash
 #   l4/      layer4 ip_affinity vs caddy-l4's ip_hash
 # Usage: scripts/bench-go.sh [count]   (default 5 runs of each)
 set -euo pipefail
@@ -11,7 +11,7 @@ count=${1:-5}
 raw=$(mktemp)
 trap 'rm -f "$raw"' EXIT
 go test -run '^$' -bench 'Benchmark(Select|IPSelect|L4Select)$' -benchmem -count "$count" \
-	./cookie/ . ./l4/ | tee "$raw" | grep -E '^(goos|goarch|cpu):' | sort -u
+	./cookie/ ./ipaffinity/ ./l4/ | tee "$raw" | grep -E '^(goos|goarch|cpu):' | sort -u
 awk '
 /^Benchmark(Select|IPSelect|L4Select)\// {
 	split($1, parts, "/")

@@ -19,8 +19,17 @@ for pkg in $(go list ./...); do
 		# The last progress line: "fuzz: elapsed: 10m0s, execs: 12345678 (20576/sec), ..."
 		line=$(grep -E '^fuzz: elapsed: .*execs: ' "$log" | tail -1)
 		rm -f "$log"
-		execs=$(sed -E 's/.*execs: ([0-9]+) \(([0-9]+)\/sec\).*/\1 \2/' <<<"$line")
-		printf '%s\t%s\t%s\t%s\n' "${pkg#github.com/caddy-affinity/caddy-affinity}" "$target" $execs >>"$summary"
+		execs=$(sed -E 's/.*execs: ([0-9]+).*/\1/' <<<"$line")
+		# The rate over the whole run: the last line's own rate is that of
+		# its last interval.
+		elapsed=$(sed -E 's/^fuzz: elapsed: ([^,]+),.*/\1/' <<<"$line")
+		secs=$(awk -v d="$elapsed" 'BEGIN { t = 0
+			while (match(d, /[0-9.]+[hms]/)) {
+				v = substr(d, RSTART, RLENGTH); u = substr(v, length(v)); n = substr(v, 1, length(v) - 1) + 0
+				t += (u == "h") ? n * 3600 : (u == "m") ? n * 60 : n; d = substr(d, RSTART + RLENGTH)
+			}
+			printf "%d", t }')
+		printf '%s\t%s\t%s\t%s\n' "${pkg#github.com/caddy-affinity/caddy-affinity}" "$target" "$execs" "$((execs / (secs > 0 ? secs : 1)))" >>"$summary"
 		echo "$line"
 	done
 done

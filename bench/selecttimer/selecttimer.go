@@ -29,7 +29,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
-	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+	"github.com/caddy-affinity/caddy-affinity/internal/parse"
 )
 
 func init() {

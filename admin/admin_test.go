@@ -1,4 +1,4 @@
-package caddyaffinity
+package admin
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package caddyaffinity
+package admin
 
 import (
 	"encoding/json"
@@ -116,7 +116,7 @@ func (adminAffinity) handleDrain(on bool) func(http.ResponseWriter, *http.Reques
 		if req.Address == "" {
 			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`"address" is required`)}
 		}
-		if !affinity.Known(req.Address) && !affinity.IsDraining(req.Address) {
+		if !affinity.KnownUpstream(req.Address) && !affinity.IsDraining(req.Address) {
 			return caddy.APIError{HTTPStatus: http.StatusNotFound,
 				Err: fmt.Errorf("no affinity policy knows upstream %q; addresses are the upstreams' dial addresses as GET /affinity/upstreams lists them", req.Address)}
 		}

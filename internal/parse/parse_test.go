@@ -1,4 +1,4 @@
-package caddyfile_test
+package parse_test
 
 import (
 	"encoding/json"
@@ -11,7 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
-	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
+	"github.com/caddy-affinity/caddy-affinity/internal/parse"
 )
 
 // at returns a dispenser over input with its cursor on the first token,

@@ -1,8 +1,8 @@
-// Package caddyfile holds the Caddyfile parsing helpers shared by the
+// Package parse holds the Caddyfile parsing helpers shared by the
 // modules of caddy-affinity, so every option reports bad input the same way:
 // an error that names the option, with the file and line (added by the
 // dispenser).
-package caddyfile
+package parse
 
 import (
 	"encoding/json"

@@ -1,8 +1,9 @@
-// Package ip is the Caddy side of client-IP affinity that the HTTP and the
-// layer4 ip_affinity policies share: their common options, the session
-// tables kept across config reloads, and the Caddyfile syntax of those
-// options. The hashing itself is in package affinity.
-package ip
+// Package ipaffinity is client-IP affinity: the HTTP ip_affinity policy,
+// and what it shares with the layer4 one (package l4): the options, the
+// session tables kept across config reloads, the Caddyfile syntax of those
+// options, and the selection core both run (Core). The hashing itself is
+// in package affinity.
+package ipaffinity
 
 import (
 	"context"
@@ -18,8 +19,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
-	parse "github.com/caddy-affinity/caddy-affinity/caddyfile"
 	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
+	"github.com/caddy-affinity/caddy-affinity/internal/parse"
 )
 
 // Config holds the options both ip_affinity policies have. It is embedded
@@ -76,8 +77,10 @@ func (c *Config) Options() *affinity.IPOptions { return &c.opts }
 // Sessions returns the session table, or nil without persist_timeout.
 func (c *Config) Sessions() *affinity.SessionTable { return c.sessions }
 
-// Validate checks the options.
-func (c *Config) Validate() error {
+// Check checks the options. Provision runs it; Caddyfile parsing too, so
+// that an error names the line. (It is not Validate: a policy embedding
+// Config would be checked again by Caddy.)
+func (c *Config) Check() error {
 	if c.IPv4Prefix < 0 || c.IPv4Prefix > 32 {
 		return fmt.Errorf("ipv4_prefix: must be from 1 to 32, got %d", c.IPv4Prefix)
 	}
@@ -167,7 +170,7 @@ func forgetOrdinals(load any) {
 }
 
 // Provision fills defaults and, with persist_timeout, loads or creates the
-// session table of this policy. policy is the policy kind ("ip_affinity"
+// session table of this policy, once its options pass Check. policy is the policy kind ("ip_affinity"
 // or "layer4_ip_affinity"). Policies with the same options are told apart
 // across reloads by their HTTP server (its listen addresses), by scope
 // (which the caller may add), and by their order among such policies.
@@ -179,7 +182,7 @@ func (c *Config) Provision(ctx caddy.Context, policy, scope string) error {
 	if c.IPv6Prefix == 0 {
 		c.IPv6Prefix = affinity.DefaultIPv6Prefix
 	}
-	if err := c.Validate(); err != nil {
+	if err := c.Check(); err != nil {
 		return err
 	}
 	c.opts = affinity.IPOptions{
@@ -295,7 +298,7 @@ func (c *Config) ParseBlock(d *caddyfile.Dispenser, own func(d *caddyfile.Dispen
 		}
 	}
 	// Checks between options, here too so that the error names the line.
-	if err := c.Validate(); err != nil {
+	if err := c.Check(); err != nil {
 		return seen.WrapErr(d, "ip_affinity", err)
 	}
 	return nil

@@ -1,9 +1,10 @@
-package caddyaffinity
+package ipaffinity
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -20,7 +21,6 @@ import (
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	"github.com/caddy-affinity/caddy-affinity/cookie"
-	"github.com/caddy-affinity/caddy-affinity/ip"
 )
 
 func testPool(n int) reverseproxy.UpstreamPool {
@@ -141,7 +141,7 @@ type selector struct {
 func benchSelectors(b *testing.B) (*IPAffinity, []selector) {
 	ours := &IPAffinity{}
 	provision(b, ours)
-	ours.setLogger(zap.NewNop())
+	ours.core.SetLogger(zap.NewNop())
 	return ours, []selector{
 		{"ip_affinity", ours},
 		{"caddy_ip_hash", reverseproxy.IPHashSelection{}},
@@ -160,7 +160,7 @@ func benchRequests(n int, ip func(i int) string) []*http.Request {
 
 // selectFresh selects for r as for a new request, as far as retries go.
 func selectFresh(b *testing.B, ours *IPAffinity, s reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request) {
-	delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), ours.triedKey)
+	delete(r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any), ours.core.triedKey)
 	if s.Select(pool, r, nil) == nil {
 		b.Fatal("no upstream")
 	}
@@ -291,124 +291,23 @@ func TestIPAffinityNonIPClient(t *testing.T) {
 // TestIPSelectAllocations: ip_affinity selects without allocating. Run
 // without -race by make test.
 func TestIPSelectAllocations(t *testing.T) {
-	if raceDetector {
+	if testutil.RaceEnabled {
 		t.Skip("allocation counts require a build without -race")
 	}
 	pool := testPool(16)
 	p := &IPAffinity{}
 	provision(t, p)
-	p.setLogger(zap.NewNop())
+	p.core.SetLogger(zap.NewNop())
 	r := clientRequest("203.0.113.50", "203.0.113.50:4000")
 	vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 	n := testing.AllocsPerRun(200, func() {
-		delete(vars, p.triedKey)
+		delete(vars, p.core.triedKey)
 		if p.Select(pool, r, nil) == nil {
 			t.Fatal("no upstream")
 		}
 	})
 	if n != 0 {
 		t.Fatalf("ip_affinity Select: %.1f allocations, want 0", n)
-	}
-}
-
-// Select's short path for the common case chooses, counts and remembers
-// what selectFull does: small pools (LookupDirect) and larger ones,
-// prefixes, IPv4 and IPv6 clients, requests without Caddy's variables,
-// slices that change. Retries and draining take the full path in both, and
-// are here to show the short path hands them over. (Unavailable upstreams
-// are in the integration tests: Caddy's Upstream has no exported way to
-// mark one down.)
-func TestIPSelectHashAgrees(t *testing.T) {
-	for _, n := range []int{1, 3, 8, 12} {
-		pool := testPool(n)
-		fast := &IPAffinity{Config: ip.Config{IPv4Prefix: 24, IPv6Prefix: 48}}
-		provision(t, fast)
-		full := &IPAffinity{Config: ip.Config{IPv4Prefix: 24, IPv6Prefix: 48}}
-		provision(t, full)
-		if !fast.plain {
-			t.Fatal("a policy without a session table or bounded loads is not plain")
-		}
-		full.plain = false
-		for _, drain := range []bool{false, true} {
-			if drain {
-				affinity.SetDraining(pool[0].Dial, true)
-			}
-			for i := range 300 {
-				cip := fmt.Sprintf("198.%d.%d.%d", i%7, i/7, i*37%256)
-				if i%3 == 0 {
-					cip = fmt.Sprintf("2001:db8:%x:%x::%x", i, i*7, i)
-				}
-				rf, rs := clientRequest(cip, "127.0.0.1:1"), clientRequest(cip, "127.0.0.1:1")
-				if i%7 == 3 {
-					// No vars: the peer address is the client.
-					rf, rs = httptest.NewRequest("GET", "/", nil), httptest.NewRequest("GET", "/", nil)
-					rf.RemoteAddr, rs.RemoteAddr = cip+":1", cip+":1"
-					if strings.Contains(cip, ":") {
-						rf.RemoteAddr, rs.RemoteAddr = "["+cip+"]:1", "["+cip+"]:1"
-					}
-				}
-				// The pool Select saw last, a shorter one over the same
-				// array, and the same upstreams in a new slice (dynamic
-				// upstreams), in turn: the state must follow the slice.
-				pl := pool
-				switch {
-				case i%5 == 1 && n > 1:
-					pl = pool[:n-1]
-				case i%5 == 2:
-					pl = slices.Clone(pool)
-				}
-				for attempt := range min(len(pl), 3) {
-					hits := func() (total uint64) {
-						for _, u := range pool {
-							total += affinity.CountersFor(IPPolicyName, u.Dial).Count(affinity.ResultHit)
-						}
-						return total
-					}
-					h0 := hits()
-					got := fast.Select(pl, rf, nil)
-					h1 := hits()
-					want := full.Select(pl, rs, nil)
-					h2 := hits()
-					if got != want {
-						t.Fatalf("%d upstreams, draining %v, %s, attempt %d: short path chose %v, full path %v", n, drain, cip, attempt+1, got.Dial, want.Dial)
-					}
-					if h1-h0 != h2-h1 {
-						t.Fatalf("%s, attempt %d: the short path counted %d hits, the full path %d", cip, attempt+1, h1-h0, h2-h1)
-					}
-					vf, _ := rf.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-					vs, _ := rs.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-					if fmt.Sprint(vf[fast.triedKey]) != fmt.Sprint(vs[full.triedKey]) {
-						t.Fatalf("%s, attempt %d: the short path remembered %v, the full path %v", cip, attempt+1, vf[fast.triedKey], vs[full.triedKey])
-					}
-				}
-			}
-			affinity.SetDraining(pool[0].Dial, false)
-		}
-	}
-}
-
-// The pool state Select keeps beside its slice goes when the pool cache
-// drops the state (its counters are released with it).
-func TestIPSelectLastPoolDropped(t *testing.T) {
-	p := &IPAffinity{}
-	provision(t, p)
-	pool := testPool(3)
-	r := func() *http.Request { return clientRequest("192.0.2.7", "192.0.2.7:1") }
-	p.Select(pool, r(), nil) // builds the state
-	p.Select(pool, r(), nil) // the slice is known: kept beside it
-	lp := p.last.Load()
-	if lp == nil {
-		t.Fatal("no state kept for a slice seen twice")
-	}
-	for i := range 6 { // more distinct pools than the cache keeps
-		other := testPool(3 + i + 1)
-		p.Select(other, r(), nil)
-	}
-	if now := p.last.Load(); now != nil && now.Table == lp.Table {
-		t.Fatal("the kept state outlived its eviction from the pool cache")
-	}
-	if got := p.Select(pool, r(), nil); got == nil || !slices.Contains(pool, got) {
-		t.Fatalf("after eviction: chose %v", got)
 	}
 }
 
@@ -419,10 +318,10 @@ func TestIPSelectLastPoolDropped(t *testing.T) {
 func TestIPAffinitySubsetsBuildNothing(t *testing.T) {
 	s := &IPAffinity{}
 	provision(t, s)
-	s.setLogger(zap.NewNop())
+	s.core.SetLogger(zap.NewNop())
 	builds := 0
-	build := s.pools.Build
-	s.pools.Build = func(addrs []string) *affinity.IPPool { builds++; return build(addrs) }
+	build := s.core.pools.Build
+	s.core.pools.Build = func(addrs []string) *affinity.IPPool { builds++; return build(addrs) }
 	pool := testPool(8)
 	for mask := 1; mask < 1<<len(pool)-1; mask++ {
 		skip := func(u *reverseproxy.Upstream) bool {

@@ -1,4 +1,4 @@
-package ip
+package ipaffinity
 
 import (
 	"context"
@@ -81,7 +81,7 @@ func TestValidate(t *testing.T) {
 		{"max_sessions_bytes without persist_timeout", Config{MaxSessionsBytes: 1 << 20}, "max_sessions:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.c.Validate()
+			err := tc.c.Check()
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("valid config rejected: %v", err)
@@ -92,7 +92,7 @@ func TestValidate(t *testing.T) {
 			}
 		})
 	}
-	if err := (&Config{MaxSessions: 10}).Validate(); err == nil || !strings.Contains(err.Error(), "persist_timeout") {
+	if err := (&Config{MaxSessions: 10}).Check(); err == nil || !strings.Contains(err.Error(), "persist_timeout") {
 		t.Errorf("max_sessions without persist_timeout: the error %v does not say what to set", err)
 	}
 }

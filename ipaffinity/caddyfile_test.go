@@ -1,6 +1,7 @@
-package caddyaffinity
+package ipaffinity
 
 import (
+	"context"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -12,7 +13,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
-	"github.com/caddy-affinity/caddy-affinity/ip"
 )
 
 func parseIPAffinity(input string) (*IPAffinity, error) {
@@ -34,7 +34,7 @@ func TestIPAffinityCaddyfileEveryOption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ip.Config{
+	want := Config{
 		IPv4Prefix: 24, IPv6Prefix: 56, BalanceFactor: 1.5,
 		PersistTimeout: caddy.Duration(10 * time.Minute), MaxSessions: 100000,
 	}
@@ -52,7 +52,7 @@ func TestIPAffinityCaddyfileEveryOption(t *testing.T) {
 	}
 	testutil.SameJSON(t, "policy", out, `{"source":"remote","ipv4_prefix":24,"ipv6_prefix":56,"balance_factor":1.5,
 		"persist_timeout":600000000000,"max_sessions":100000,"fallback":{"policy":"random_choose","choose":3}}`)
-	if err := s.Validate(); err != nil {
+	if err := s.Check(); err != nil {
 		t.Errorf("the parsed policy does not validate: %v", err)
 	}
 }
@@ -151,14 +151,16 @@ func TestIPAffinityCaddyfileValidate(t *testing.T) {
 		t.Errorf("max_sessions_per_network without persist_timeout: %v", err)
 	}
 	// In JSON, at provisioning.
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
 	s := &IPAffinity{}
 	s.MaxSessions = 10000
-	if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), "max_sessions:") {
-		t.Errorf("max_sessions without persist_timeout: Validate = %v", err)
+	if err := s.Provision(ctx); err == nil || !strings.HasPrefix(err.Error(), "max_sessions:") {
+		t.Errorf("max_sessions without persist_timeout: Provision = %v", err)
 	}
 	s = &IPAffinity{Source: "header"}
-	if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), "source:") {
-		t.Errorf("source header: Validate = %v", err)
+	if err := s.Provision(ctx); err == nil || !strings.HasPrefix(err.Error(), "source:") {
+		t.Errorf("source header: Provision = %v", err)
 	}
 }
 

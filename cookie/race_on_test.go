@@ -1,5 +1,0 @@
-//go:build race
-
-package cookie
-
-const raceDetector = true

@@ -1,3 +1,0 @@
-package cookie
-
-func raceEnabled() bool { return raceDetector }

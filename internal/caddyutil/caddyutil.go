@@ -1,0 +1,70 @@
+// Package caddyutil holds the small pieces of Caddy glue that the policies
+// of several packages share.
+package caddyutil
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+)
+
+// RegisterParentUpstreams makes the static upstreams of the reverse_proxy
+// handler that loads a policy known to the admin API at once (so they can
+// be drained before any traffic), under policy kind policy, and returns
+// them for the policy's Cleanup to release. The handler is the
+// provisioning context's parent module.
+func RegisterParentUpstreams(ctx caddy.Context, policy string) []string {
+	var addrs []string
+	mods := ctx.Modules()
+	for i := len(mods) - 1; i >= 0; i-- {
+		if h, ok := mods[i].(*reverseproxy.Handler); ok {
+			for _, u := range h.Upstreams {
+				if u != nil && u.Dial != "" && !strings.Contains(u.Dial, "{") {
+					addrs = append(addrs, u.Dial)
+				}
+			}
+			break
+		}
+	}
+	affinity.Retain(policy, addrs...)
+	return addrs
+}
+
+// A SubsetSelector is a selection policy that can choose among part of a
+// pool handed to it whole. A policy that keeps state per pool (ip_affinity
+// builds a hash table) implements it, so that a policy whose fallback it is
+// does not hand it a new slice for each subset of failed or draining
+// upstreams: during a partial outage there are many.
+type SubsetSelector interface {
+	// SelectSubset is Select among the upstreams of pool for which skip
+	// is false.
+	SelectSubset(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream
+}
+
+// SelectAmong asks sel for an upstream of pool that skip does not exclude.
+func SelectAmong(sel reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream {
+	if ss, ok := sel.(SubsetSelector); ok {
+		return ss.SelectSubset(pool, r, w, skip)
+	}
+	sub := Without(pool, skip)
+	if len(sub) == 0 {
+		return nil
+	}
+	return sel.Select(sub, r, w)
+}
+
+// Without returns the upstreams of pool for which skip is false, in a new
+// slice.
+func Without(pool reverseproxy.UpstreamPool, skip func(*reverseproxy.Upstream) bool) reverseproxy.UpstreamPool {
+	out := make(reverseproxy.UpstreamPool, 0, len(pool))
+	for _, u := range pool {
+		if !skip(u) {
+			out = append(out, u)
+		}
+	}
+	return out
+}

@@ -1,0 +1,171 @@
+package ipaffinity
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
+)
+
+// Core is the selection of client-IP affinity, run by the HTTP and the
+// layer4 policy alike: it owns the pool state (hash table, counters), the
+// session table, the upstreams earlier attempts of a request used, the
+// answer for a client that has no IP, and the decision log. U is the
+// engine's upstream type; the policies are the adapters that describe a
+// request to it (Upstreams) and act on its answer.
+type Core[U comparable] struct {
+	cfg      *Config
+	policy   string
+	addr     func(U) string
+	triedKey string
+	pools    affinity.PoolCache[U, *affinity.IPPool]
+	logger   *zap.Logger
+	decision decisionlog.Logger
+	now      func() time.Time
+	// fallback: the policy has a fallback for clients without an IP.
+	fallback bool
+	noIPOnce sync.Once
+}
+
+// Vars is where a selection keeps what earlier attempts of the same request
+// used: Caddy's request variables, or caddy-l4's connection variables.
+type Vars interface {
+	GetVar(key string) any
+	SetVar(key string, value any)
+}
+
+// Upstreams is what the engine knows of a pool's upstreams now, by index.
+type Upstreams struct {
+	// Available reports whether upstream i can take the request now.
+	Available func(i int) bool
+	// Load is upstream i's in-flight requests or connections, for bounded
+	// loads; nil without balance_factor.
+	Load func(i int) int
+	// Skip, if not nil, excludes upstream i (a policy whose fallback this
+	// is chooses among part of the pool).
+	Skip func(i int) bool
+}
+
+// Answers of Select other than an index.
+const (
+	// NoUpstream: no upstream is available; the policy's fallback, if
+	// any, chooses.
+	NoUpstream = -1
+	// NotIP: the client address is not an IP (a unix socket); the
+	// fallback chooses, or a random upstream without one.
+	NotIP = -2
+)
+
+// NewCore returns the core of a policy of kind policy (its label in
+// counters and metrics) over cfg, provisioned: addr is an upstream's
+// address (its identity), fallback whether the policy has a fallback.
+func NewCore[U comparable](cfg *Config, policy string, addr func(U) string, logger *zap.Logger, fallback bool) *Core[U] {
+	c := &Core[U]{cfg: cfg, policy: policy, addr: addr, triedKey: affinity.VarKey(policy), fallback: fallback, now: time.Now}
+	c.SetLogger(logger)
+	c.pools.Addr = addr
+	c.pools.Build = func(addrs []string) *affinity.IPPool { return affinity.NewIPPool(policy, addrs) }
+	c.pools.Drop = func(p *affinity.IPPool) { p.Release(policy) }
+	return c
+}
+
+// SetLogger sets the logger of warnings and decisions.
+func (c *Core[U]) SetLogger(l *zap.Logger) {
+	c.logger, c.decision = l, decisionlog.New(l)
+}
+
+// VarKey names the variable in which the core keeps the upstreams earlier
+// attempts of a request used.
+func (c *Core[U]) VarKey() string { return c.triedKey }
+
+// Close releases the pool states, when the config is unloaded.
+func (c *Core[U]) Close() { c.pools.Close() }
+
+// Select returns the index in pool of the upstream of the client at
+// client (not valid when the address is not an IP), NoUpstream or NotIP.
+// vars keeps the upstreams earlier attempts used: Caddy (and caddy-l4)
+// call a policy again for each retry of a request, and those that already
+// failed it are passed over (see affinity.ChooseIP). vars may be nil.
+func (c *Core[U]) Select(pool []U, client netip.Addr, vars Vars, up Upstreams) int {
+	if !client.IsValid() {
+		if !c.fallback {
+			c.noIPOnce.Do(func() {
+				c.logger.Warn("client address is not an IP: choosing upstreams at random; set a fallback policy to choose otherwise")
+			})
+		}
+		return NotIP
+	}
+	k := affinity.MaskClient(client, c.cfg.IPv4Prefix, c.cfg.IPv6Prefix)
+	p := c.pools.Get(pool)
+	sessions := c.cfg.Sessions()
+	var now time.Time
+	if sessions != nil {
+		now = c.now()
+	}
+	avail := up.Available
+	if available, skip := up.Available, up.Skip; skip != nil {
+		avail = func(i int) bool { return !skip(i) && available(i) }
+	}
+	tried := c.tried(vars)
+	var failed func(i int) bool
+	if tried != nil {
+		failed = func(i int) bool { return c.triedAddr(tried, c.addr(pool[i])) }
+	}
+	i, res := affinity.ChooseIP(c.cfg.Options(), sessions, p, k, now, avail, failed, up.Load)
+	if p.Stale(i, c.addr(pool[max(i, 0)])) {
+		p = c.pools.Refresh(pool)
+		i, res = affinity.ChooseIP(c.cfg.Options(), sessions, p, k, now, avail, failed, up.Load)
+	}
+	if i < 0 {
+		return NoUpstream
+	}
+	if failed != nil && failed(i) {
+		tried = nil // a new round of the pool began
+	}
+	c.remember(vars, tried, pool[i])
+	if table := sessions != nil; c.decision.Enabled(Notable(res, table)) {
+		LogDecision(c.decision, c.policy, k, c.addr(pool[i]), res, table)
+	}
+	return i
+}
+
+// tried returns the upstreams earlier attempts of the request used. The
+// first attempt stores the bare upstream (no allocation); only a retry
+// makes a slice.
+func (c *Core[U]) tried(vars Vars) []U {
+	if vars == nil {
+		return nil
+	}
+	switch v := vars.GetVar(c.triedKey).(type) {
+	case U:
+		return []U{v}
+	case []U:
+		return v
+	}
+	return nil
+}
+
+// triedAddr reports whether an earlier attempt used the upstream at addr.
+// It compares addresses: dynamic upstreams are new objects on every attempt.
+func (c *Core[U]) triedAddr(tried []U, addr string) bool {
+	for _, t := range tried {
+		if c.addr(t) == addr {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Core[U]) remember(vars Vars, tried []U, up U) {
+	if vars == nil {
+		return
+	}
+	if tried == nil {
+		vars.SetVar(c.triedKey, up)
+		return
+	}
+	vars.SetVar(c.triedKey, append(tried, up))
+}

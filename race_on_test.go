@@ -1,5 +1,0 @@
-//go:build race
-
-package caddyaffinity
-
-const raceDetector = true
