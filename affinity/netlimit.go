@@ -16,12 +16,13 @@ const (
 )
 
 // DefaultNetworkLimit is the per-network limit of a table of maxEntries
-// entries when none is configured: 1 % of the table, and at least 64. A
-// network that fills it holds a hundredth of the table, so a hundred
-// networks under one owner are needed to evict every other client, while
-// a /48 behind a 100,000-entry table keeps a thousand sessions.
+// entries when none is configured: 1 % of the table, and at least 512, so
+// that a whole IPv4 /24 of /32 keys always fits, with room for the counters
+// it shares. A network that fills it holds a hundredth of the table, so a
+// hundred networks under one owner are needed to evict every other client,
+// while a /48 behind a 100,000-entry table keeps a thousand sessions.
 func DefaultNetworkLimit(maxEntries int) int {
-	return max(maxEntries/100, 64)
+	return max(maxEntries/100, 512)
 }
 
 // Network limits are counted in a fixed sketch (two rows of counters, a

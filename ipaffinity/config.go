@@ -59,7 +59,7 @@ type Config struct {
 	// /48) may hold in the session table, so that one network's many
 	// addresses (a /48 holds 65536 /64s) cannot evict every other client.
 	// A client of a network at its limit is routed by the hash alone.
-	// Default: 1 % of the table, at least 64. It may not be below 1/1024
+	// Default: 1 % of the table, at least 512. It may not be below 1/1024
 	// of the table.
 	MaxSessionsPerNetwork int `json:"max_sessions_per_network,omitempty"`
 
