@@ -69,7 +69,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	// caddy-l4 gives its servers no identity a policy can see, so policies
 	// with the same options are told apart by their upstreams: a reload
 	// that changes a proxy's upstreams starts its session table afresh.
-	if err := s.Config.Provision(ctx, PolicyName, parentUpstreams(ctx)); err != nil {
+	if err := s.Config.Provision(ctx, PolicyName, strings.Join(parentUpstreams(ctx), " ")); err != nil {
 		return err
 	}
 	if s.FallbackRaw != nil {
@@ -130,31 +130,25 @@ func parentHandler(ctx caddy.Context) *l4proxy.Handler {
 	return nil
 }
 
-// parentUpstreams lists the proxy handler's upstreams, sorted.
-func parentUpstreams(ctx caddy.Context) string {
+// parentUpstreams lists the proxy handler's static upstreams, sorted: the
+// ones whose address has no placeholder, as for the HTTP policies.
+func parentUpstreams(ctx caddy.Context) []string {
 	var addrs []string
 	if h := parentHandler(ctx); h != nil {
 		for _, u := range h.Upstreams {
-			if u != nil && len(u.Dial) > 0 {
+			if u != nil && len(u.Dial) > 0 && !strings.Contains(u.String(), "{") {
 				addrs = append(addrs, u.String())
 			}
 		}
 	}
 	slices.Sort(addrs)
-	return strings.Join(addrs, " ")
+	return addrs
 }
 
 // registerParentUpstreams makes the proxy handler's upstreams known to the
 // admin API before any connection, and returns them for Cleanup.
 func registerParentUpstreams(ctx caddy.Context) []string {
-	var addrs []string
-	if h := parentHandler(ctx); h != nil {
-		for _, u := range h.Upstreams {
-			if u != nil && len(u.Dial) > 0 {
-				addrs = append(addrs, u.String())
-			}
-		}
-	}
+	addrs := parentUpstreams(ctx)
 	affinity.Retain(PolicyName, addrs...)
 	return addrs
 }
