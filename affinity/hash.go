@@ -70,7 +70,26 @@ type Table struct {
 	ids     []uint64 // position -> AddrHash, ascending
 	pos     []int    // position -> index in the caller's list (first occurrence)
 	addrs   []string // the caller's list, as given
+
+	// Small pools compute a slot's primary instead of reading it: in a
+	// busy server the 128 KiB of primaries are out of cache, and perf on a
+	// loaded Caddy put that one miss at a sixth of a selection, while a
+	// few scores stay in registers. Nil for larger pools.
+	direct []position
 }
+
+// position is what computing a slot's primary needs of one upstream.
+type position struct {
+	seed uint64 // score seed term
+	// full is the first slot at which the position had reached its cap:
+	// fill gives slot s to the best scorer among the positions not yet
+	// full at s, which is what bestWithRoom computes.
+	full int32
+}
+
+// Pools of up to directMax upstreams compute primaries (see Table.direct):
+// eight scores cost about as much as one miss to memory.
+const directMax = 8
 
 // NewTable builds the table for the upstreams dialed at addrs. Lookups
 // return indices into addrs. The result depends only on the set of
@@ -133,6 +152,30 @@ func (t *Table) scoreSeeds() []uint64 {
 	return seeds
 }
 
+// primaryOf returns slot s's primary position.
+func (t *Table) primaryOf(s uint64) int {
+	if t.direct == nil {
+		return int(t.primary[s])
+	}
+	return bestWithRoom(t.direct, s)
+}
+
+// bestWithRoom returns the position that fill gave slot s: the best scorer
+// among the positions not yet full at s; ties go to the lower position.
+// Some position always has room (see fill).
+func bestWithRoom(ps []position, s uint64) int {
+	k := xxhRound(0, s)
+	b, bs := -1, uint64(0)
+	for i := range ps {
+		if int32(s) < ps[i].full {
+			if sc := xxhScore(ps[i].seed, k); b < 0 || sc > bs {
+				b, bs = i, sc
+			}
+		}
+	}
+	return b
+}
+
 // fill assigns every slot its primary and backup.
 func (t *Table) fill() {
 	n := len(t.ids)
@@ -140,6 +183,10 @@ func (t *Table) fill() {
 	seeds := t.scoreSeeds()
 	limit := int(math.Ceil(TableSize * (1 + tableSlack) / float64(n)))
 	count := make([]int, n)
+	full := make([]int32, n)
+	for i := range full {
+		full[i] = TableSize
+	}
 	for s := range TableSize {
 		k := xxhRound(0, uint64(s))
 		// Top two scores; ties go to the lower position (strict >).
@@ -168,7 +215,9 @@ func (t *Table) fill() {
 				}
 			}
 		}
-		count[p]++
+		if count[p]++; count[p] == limit {
+			full[p] = int32(s + 1)
+		}
 		b := best
 		if p == best {
 			b = second
@@ -177,6 +226,12 @@ func (t *Table) fill() {
 			b = p
 		}
 		t.primary[s], t.backup[s] = uint16(p), uint16(b)
+	}
+	if n <= directMax {
+		t.direct = make([]position, n)
+		for i := range n {
+			t.direct[i] = position{seed: seeds[i], full: full[i]}
+		}
 	}
 }
 
@@ -224,7 +279,7 @@ func (t *Table) Lookup(h uint64) int {
 	if t == nil || len(t.ids) == 0 {
 		return -1
 	}
-	return t.pos[t.primary[h>>tableShift]]
+	return t.pos[t.primaryOf(h>>tableShift)]
 }
 
 // LookupFunc returns the index of the upstream for a key with hash h among
@@ -243,7 +298,7 @@ func (t *Table) LookupFunc(h uint64, ok func(i int) bool) int {
 		return -1
 	}
 	if ok == nil {
-		return t.pos[t.primary[h>>tableShift]]
+		return t.pos[t.primaryOf(h>>tableShift)]
 	}
 	return t.walk(h, func(p int) bool { return ok(t.pos[p]) })
 }
@@ -287,7 +342,7 @@ func (t *Table) LookupBounded(h uint64, c float64, load func(i int) int, ok func
 // walk returns the index of the first acceptable upstream in h's sequence.
 func (t *Table) walk(h uint64, accept func(p int) bool) int {
 	s := h >> tableShift
-	p := int(t.primary[s])
+	p := t.primaryOf(s)
 	if accept(p) {
 		return t.pos[p]
 	}

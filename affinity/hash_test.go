@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 
@@ -445,5 +446,40 @@ func BenchmarkTableBuild(b *testing.B) {
 				NewTable(addrs)
 			}
 		})
+	}
+}
+
+// Small pools compute each slot's primary (Table.direct); it must be the
+// table's, slot for slot, capped slots included, or HTTP and layer4, and
+// processes of different builds, would disagree.
+func TestTableDirectAgrees(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	direct, capped := 0, 0
+	for n := 1; n <= directMax+1; n++ {
+		for trial := range 8 {
+			addrs := make([]string, n)
+			for i := range addrs {
+				addrs[i] = fmt.Sprintf("10.%d.%d.%d:%d", trial, rng.IntN(256), rng.IntN(256), 1000+rng.IntN(9000))
+			}
+			tb := NewTable(addrs)
+			if n > directMax && tb.direct != nil {
+				t.Fatalf("%d upstreams: direct, want the table", n)
+			}
+			if tb.direct == nil {
+				continue
+			}
+			direct++
+			if slices.ContainsFunc(tb.direct, func(p position) bool { return p.full < TableSize }) {
+				capped++
+			}
+			for s := range uint64(TableSize) {
+				if got, want := tb.primaryOf(s), int(tb.primary[s]); got != want {
+					t.Fatalf("%v: slot %d: computed primary %d, table %d (%+v)", addrs, s, got, want, tb.direct)
+				}
+			}
+		}
+	}
+	if direct == 0 || capped == 0 {
+		t.Fatalf("%d pools computed their primaries, %d of them with capped slots: want some of each", direct, capped)
 	}
 }
