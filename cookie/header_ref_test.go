@@ -141,6 +141,23 @@ func refEditLine(line, name string, edit func(string) (string, bool, bool)) stri
 	return b.String()
 }
 
+// matchesReference compares nextPair with the reference as callers walk a
+// line: from 0, then from the end of the pair found last.
+func matchesReference(t *testing.T, line string) {
+	t.Helper()
+	for from := 0; ; {
+		s1, q1, e1, ok1 := nextPair(line, "affinity", from)
+		s2, q2, e2, ok2 := refNextPair(line, "affinity", from)
+		if ok1 != ok2 || s1 != s2 || q1 != q2 || e1 != e2 {
+			t.Fatalf("nextPair(%q, %d) = %d %d %d %v, reference %d %d %d %v", line, from, s1, q1, e1, ok1, s2, q2, e2, ok2)
+		}
+		if !ok1 {
+			return
+		}
+		from = e1
+	}
+}
+
 // TestEditLineMatchesReference compares editLine and nextPair with the
 // reference over random lines built from the pieces a Cookie header has.
 func TestEditLineMatchesReference(t *testing.T) {
@@ -163,18 +180,7 @@ func TestEditLineMatchesReference(t *testing.T) {
 			b.WriteString(pieces[rng.IntN(len(pieces))])
 		}
 		line := b.String()
-		// Callers start at 0, then at the end of the pair found last.
-		for from := 0; ; {
-			s1, q1, e1, ok1 := nextPair(line, "affinity", from)
-			s2, q2, e2, ok2 := refNextPair(line, "affinity", from)
-			if ok1 != ok2 || s1 != s2 || q1 != q2 || e1 != e2 {
-				t.Fatalf("nextPair(%q, %d) = %d %d %d %v, reference %d %d %d %v", line, from, s1, q1, e1, ok1, s2, q2, e2, ok2)
-			}
-			if !ok1 {
-				break
-			}
-			from = e1
-		}
+		matchesReference(t, line)
 		for name, edit := range edits {
 			if got, want := editLine(line, "affinity", edit), refEditLine(line, "affinity", edit); got != want {
 				t.Fatalf("%s: editLine(%q) = %q, reference %q", name, line, got, want)
@@ -201,17 +207,7 @@ func FuzzEditLineReference(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, line string) {
-		for from := 0; ; {
-			s1, q1, e1, ok1 := nextPair(line, "affinity", from)
-			s2, q2, e2, ok2 := refNextPair(line, "affinity", from)
-			if ok1 != ok2 || s1 != s2 || q1 != q2 || e1 != e2 {
-				t.Fatalf("nextPair(%q, %d) = %d %d %d %v, reference %d %d %d %v", line, from, s1, q1, e1, ok1, s2, q2, e2, ok2)
-			}
-			if !ok1 {
-				break
-			}
-			from = e1
-		}
+		matchesReference(t, line)
 		for name, edit := range map[string]func(string) (string, bool, bool){"drop": drop, "keep": keep, "replace": replace} {
 			if got, want := editLine(line, "affinity", edit), refEditLine(line, "affinity", edit); got != want {
 				t.Fatalf("%s: editLine(%q) = %q, reference %q", name, line, got, want)

@@ -242,7 +242,9 @@ func measureSessionMemory() memFigures {
 	})
 	m.PutIPv4 = took / n
 	m.IPv6, m.HeldIPv6, _ = tableBytes(n, func(i int) affinity.ClientKey {
-		a := [16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)} // distinct /64s
+		// A /64 in a /48 of its own: a table keeps at most
+		// max_sessions_per_network entries of one /48.
+		a := [16]byte{0x20, 0x01, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)}
 		return affinity.MaskClient(netip.AddrFrom16(a), 32, 64)
 	})
 	return m
