@@ -72,6 +72,13 @@ type PoolCache[U comparable, S any] struct {
 	// Drop, if set, releases a state the cache no longer keeps.
 	Drop func(S)
 
+	// hot is the snapshot whose very slice Get found last: Caddy passes
+	// its static upstreams' slice on every request, and one load then
+	// finds the state. In a loaded server every structure a selection
+	// reaches is likely a cache miss; this one spares the walk over the
+	// snapshots (make bench's in-situ timing: 1.44x -> 1.28x
+	// client_ip_hash's selection time for ip_affinity).
+	hot    atomic.Pointer[poolSnap[U, S]]
 	snaps  [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
 	next   int  // slot the next new pool replaces; guarded by mu
 	closed bool // guarded by mu
@@ -90,8 +97,12 @@ type poolSnap[U comparable, S any] struct {
 // for a position differing from the upstream there (the slice was changed
 // in place, which Caddy does not do) call Refresh.
 func (c *PoolCache[U, S]) Get(pool []U) S {
+	if h := c.hot.Load(); h != nil && sameSlice(h.orig, pool) {
+		return h.state
+	}
 	for i := range c.snaps {
-		if s := c.snaps[i].Load(); s != nil && len(s.orig) == len(pool) && (len(pool) == 0 || &s.orig[0] == &pool[0]) {
+		if s := c.snaps[i].Load(); s != nil && sameSlice(s.orig, pool) {
+			c.hot.Store(s)
 			return s.state
 		}
 	}
@@ -106,6 +117,11 @@ func (c *PoolCache[U, S]) Get(pool []U) S {
 // Refresh finds or builds the state for pool by its addresses, ignoring
 // the identity of the slice.
 func (c *PoolCache[U, S]) Refresh(pool []U) S { return c.rebuild(pool) }
+
+// sameSlice reports whether a and b are the very same slice.
+func sameSlice[U any](a, b []U) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
 
 func (c *PoolCache[U, S]) sameAddrs(addrs []string, pool []U) bool {
 	if len(addrs) != len(pool) {
@@ -142,6 +158,9 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 		return n.state
 	}
 	if old := c.snaps[c.next].Swap(n); old != nil {
+		// A Get that loaded it just before may still use its state
+		// (count a decision on counters no longer listed): harmless.
+		c.hot.CompareAndSwap(old, nil)
 		c.drop(old.state)
 	}
 	c.next = (c.next + 1) % poolCacheSlots
@@ -154,6 +173,7 @@ func (c *PoolCache[U, S]) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
+	c.hot.Store(nil)
 	for i := range c.snaps {
 		if old := c.snaps[i].Swap(nil); old != nil {
 			c.drop(old.state)

@@ -257,3 +257,24 @@ func TestPoolCacheDrops(t *testing.T) {
 		t.Fatalf("%d drops after Close, want %d", drops, 1+poolCacheSlots)
 	}
 }
+
+// The slice Get found last answers first, and an evicted state is never
+// found through it.
+func TestPoolCacheHot(t *testing.T) {
+	builds := 0
+	c := PoolCache[string, int]{Addr: func(u string) string { return u }, Build: func(a []string) int { builds++; return builds }}
+	first := []string{"a", "b"}
+	s := c.Get(first)
+	if c.Get(first) != s || c.hot.Load() == nil || !sameSlice(c.hot.Load().orig, first) {
+		t.Fatal("the slice found last is not kept hot")
+	}
+	for i := range poolCacheSlots { // evict first's state
+		c.Get([]string{string(rune('c' + i))})
+	}
+	if h := c.hot.Load(); h != nil && sameSlice(h.orig, first) {
+		t.Fatal("an evicted state is still hot")
+	}
+	if got := c.Get(first); got == s {
+		t.Fatal("an evicted state was returned")
+	}
+}

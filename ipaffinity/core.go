@@ -3,7 +3,6 @@ package ipaffinity
 import (
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -19,15 +18,7 @@ import (
 // engine's upstream type; the policies are the adapters that describe a
 // request to it (Upstreams) and act on its answer.
 type Core[U comparable] struct {
-	// The pool Select saw last, by the identity of its slice: Caddy passes
-	// its static upstreams' slice on every request, and one load then finds
-	// the pool's state. In a loaded server every structure a selection
-	// reaches is likely a cache miss; this one replaces the pool cache's
-	// walk (make bench's in-situ timing).
-	last atomic.Pointer[lastPool[U]]
-
 	cfg      *Config
-	v4, v6   int // the prefix lengths, read beside last
 	policy   string
 	addr     func(U) string
 	triedKey string
@@ -38,23 +29,6 @@ type Core[U comparable] struct {
 	// fallback: the policy has a fallback for clients without an IP.
 	fallback bool
 	noIPOnce sync.Once
-}
-
-// lastPool is a pool's state beside the identity of its slice.
-type lastPool[U comparable] struct {
-	first *U
-	n     int
-	p     *affinity.IPPool
-}
-
-// poolState returns the state of pool, keeping it as the last one.
-func (c *Core[U]) poolState(pool []U) *affinity.IPPool {
-	if lp := c.last.Load(); lp != nil && lp.n == len(pool) && lp.first == &pool[0] {
-		return lp.p
-	}
-	p := c.pools.Get(pool)
-	c.last.Store(&lastPool[U]{first: &pool[0], n: len(pool), p: p})
-	return p
 }
 
 // Vars is where a selection keeps what earlier attempts of the same request
@@ -90,18 +64,11 @@ const (
 // counters and metrics) over cfg, provisioned: addr is an upstream's
 // address (its identity), fallback whether the policy has a fallback.
 func NewCore[U comparable](cfg *Config, policy string, addr func(U) string, logger *zap.Logger, fallback bool) *Core[U] {
-	c := &Core[U]{cfg: cfg, v4: cfg.IPv4Prefix, v6: cfg.IPv6Prefix, policy: policy, addr: addr, triedKey: affinity.VarKey(policy), fallback: fallback, now: time.Now}
+	c := &Core[U]{cfg: cfg, policy: policy, addr: addr, triedKey: affinity.VarKey(policy), fallback: fallback, now: time.Now}
 	c.SetLogger(logger)
 	c.pools.Addr = addr
 	c.pools.Build = func(addrs []string) *affinity.IPPool { return affinity.NewIPPool(policy, addrs) }
-	c.pools.Drop = func(p *affinity.IPPool) {
-		// A request that loaded it just before may still count a decision
-		// on its counters, which are then no longer listed: harmless.
-		if lp := c.last.Load(); lp != nil && lp.p == p {
-			c.last.CompareAndSwap(lp, nil)
-		}
-		p.Release(policy)
-	}
+	c.pools.Drop = func(p *affinity.IPPool) { p.Release(policy) }
 	return c
 }
 
@@ -131,8 +98,8 @@ func (c *Core[U]) Select(pool []U, client netip.Addr, vars Vars, up Upstreams) i
 		}
 		return NotIP
 	}
-	k := affinity.MaskClient(client, c.v4, c.v6)
-	p := c.poolState(pool)
+	k := affinity.MaskClient(client, c.cfg.IPv4Prefix, c.cfg.IPv6Prefix)
+	p := c.pools.Get(pool)
 	sessions := c.cfg.Sessions()
 	var now time.Time
 	if sessions != nil {
@@ -150,7 +117,6 @@ func (c *Core[U]) Select(pool []U, client netip.Addr, vars Vars, up Upstreams) i
 	i, res := affinity.ChooseIP(c.cfg.Options(), sessions, p, k, now, avail, failed, up.Load)
 	if p.Stale(i, c.addr(pool[max(i, 0)])) {
 		p = c.pools.Refresh(pool)
-		c.last.Store(nil)
 		i, res = affinity.ChooseIP(c.cfg.Options(), sessions, p, k, now, avail, failed, up.Load)
 	}
 	if i < 0 {

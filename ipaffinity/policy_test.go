@@ -309,6 +309,22 @@ func TestIPSelectAllocations(t *testing.T) {
 	if n != 0 {
 		t.Fatalf("ip_affinity Select: %.1f allocations, want 0", n)
 	}
+	// Dynamic upstreams: the same addresses in a new slice each request.
+	pools := make([]reverseproxy.UpstreamPool, 201)
+	for i := range pools {
+		pools[i] = slices.Clone(pool)
+	}
+	i := 0
+	n = testing.AllocsPerRun(200, func() {
+		delete(vars, p.core.triedKey)
+		if p.Select(pools[i], r, nil) == nil {
+			t.Fatal("no upstream")
+		}
+		i++
+	})
+	if n != 0 {
+		t.Fatalf("ip_affinity Select over dynamic upstreams: %.1f allocations, want 0", n)
+	}
 }
 
 // TestIPAffinitySubsetsBuildNothing: a policy whose fallback ip_affinity is
