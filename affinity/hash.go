@@ -72,9 +72,9 @@ type Table struct {
 	addrs   []string // the caller's list, as given
 
 	// Small pools compute a slot's primary instead of reading it: in a
-	// busy server the 128 KiB of primaries are out of cache, and perf on a
-	// loaded Caddy put that one miss at a sixth of a selection, while a
-	// few scores stay in registers. Nil for larger pools.
+	// busy server the 128 KiB of primaries are out of cache, and one miss
+	// costs more than a few scores computed in registers. Nil for larger
+	// pools.
 	direct []position
 }
 

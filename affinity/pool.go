@@ -75,9 +75,8 @@ type PoolCache[U comparable, S any] struct {
 	// hot is the snapshot whose very slice Get found last: Caddy passes
 	// its static upstreams' slice on every request, and one load then
 	// finds the state. In a loaded server every structure a selection
-	// reaches is likely a cache miss; this one spares the walk over the
-	// snapshots (make bench's in-situ timing: 1.44x -> 1.28x
-	// client_ip_hash's selection time for ip_affinity).
+	// reaches is likely a cache miss, and the walk over the snapshots
+	// is several.
 	hot    atomic.Pointer[poolSnap[U, S]]
 	snaps  [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
 	next   int  // slot the next new pool replaces; guarded by mu
