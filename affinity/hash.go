@@ -65,29 +65,32 @@ func AddrHash(addr string) uint64 { return xxhash.Sum64String(addr) }
 // clients that fail over to it stay there when the pool is later rebuilt
 // without the failed upstream.
 type Table struct {
+	// Small pools compute a slot's primary instead of reading it: in a
+	// busy server the 128 KiB of primaries are out of cache, and one miss
+	// costs more than a few scores computed in registers. It comes first
+	// and inline, so that such a lookup reads one place.
+	small smallPool
+
 	primary []uint16 // slot -> position in ids
 	backup  []uint16 // slot -> best other position; == primary with one upstream
 	ids     []uint64 // position -> AddrHash, ascending
 	pos     []int    // position -> index in the caller's list (first occurrence)
 	addrs   []string // the caller's list, as given
-
-	// Small pools compute a slot's primary instead of reading it: in a
-	// busy server the 128 KiB of primaries are out of cache, and one miss
-	// costs more than a few scores computed in registers. Nil for larger
-	// pools.
-	direct []position
 }
 
-// position is what computing a slot's primary needs of one upstream.
-type position struct {
-	seed uint64 // score seed term
-	// full is the first slot at which the position had reached its cap:
+// smallPool is what computing a slot's primary needs of a pool of up to
+// directMax upstreams.
+type smallPool struct {
+	n int32 // positions; 0 for a larger pool
+	// full[p] is the first slot at which position p had reached its cap:
 	// fill gives slot s to the best scorer among the positions not yet
-	// full at s, which is what bestWithRoom computes.
-	full int32
+	// full at s, which is what best computes.
+	full [directMax]int32
+	pos  [directMax]int32  // position -> index in the caller's list
+	seed [directMax]uint64 // position -> score seed term
 }
 
-// Pools of up to directMax upstreams compute primaries (see Table.direct):
+// Pools of up to directMax upstreams compute primaries (see Table.small):
 // eight scores cost about as much as one miss to memory.
 const directMax = 8
 
@@ -154,21 +157,21 @@ func (t *Table) scoreSeeds() []uint64 {
 
 // primaryOf returns slot s's primary position.
 func (t *Table) primaryOf(s uint64) int {
-	if t.direct == nil {
+	if t.small.n == 0 {
 		return int(t.primary[s])
 	}
-	return bestWithRoom(t.direct, s)
+	return t.small.best(s)
 }
 
-// bestWithRoom returns the position that fill gave slot s: the best scorer
-// among the positions not yet full at s; ties go to the lower position.
-// Some position always has room (see fill).
-func bestWithRoom(ps []position, s uint64) int {
+// best returns the position that fill gave slot s: the best scorer among
+// the positions not yet full at s; ties go to the lower position. Some
+// position always has room (see fill).
+func (sp *smallPool) best(s uint64) int {
 	k := xxhRound(0, s)
 	b, bs := -1, uint64(0)
-	for i := range ps {
-		if int32(s) < ps[i].full {
-			if sc := xxhScore(ps[i].seed, k); b < 0 || sc > bs {
+	for i := range int(sp.n) {
+		if int32(s) < sp.full[i] {
+			if sc := xxhScore(sp.seed[i], k); b < 0 || sc > bs {
 				b, bs = i, sc
 			}
 		}
@@ -228,9 +231,9 @@ func (t *Table) fill() {
 		t.primary[s], t.backup[s] = uint16(p), uint16(b)
 	}
 	if n <= directMax {
-		t.direct = make([]position, n)
+		t.small.n = int32(n)
 		for i := range n {
-			t.direct[i] = position{seed: seeds[i], full: full[i]}
+			t.small.seed[i], t.small.full[i], t.small.pos[i] = seeds[i], full[i], int32(t.pos[i])
 		}
 	}
 }
@@ -276,10 +279,16 @@ func (t *Table) IndexOf(id uint64) int {
 // Lookup returns the index of the upstream for a key with hash h, or -1 if
 // the table is empty.
 func (t *Table) Lookup(h uint64) int {
-	if t == nil || len(t.ids) == 0 {
+	if t == nil {
 		return -1
 	}
-	return t.pos[t.primaryOf(h>>tableShift)]
+	if t.small.n > 0 {
+		return int(t.small.pos[t.small.best(h>>tableShift)])
+	}
+	if len(t.ids) == 0 {
+		return -1
+	}
+	return t.pos[t.primary[h>>tableShift]]
 }
 
 // LookupFunc returns the index of the upstream for a key with hash h among

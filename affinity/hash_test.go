@@ -462,19 +462,19 @@ func TestTableDirectAgrees(t *testing.T) {
 				addrs[i] = fmt.Sprintf("10.%d.%d.%d:%d", trial, rng.IntN(256), rng.IntN(256), 1000+rng.IntN(9000))
 			}
 			tb := NewTable(addrs)
-			if n > directMax && tb.direct != nil {
+			if n > directMax && tb.small.n != 0 {
 				t.Fatalf("%d upstreams: direct, want the table", n)
 			}
-			if tb.direct == nil {
+			if tb.small.n == 0 {
 				continue
 			}
 			direct++
-			if slices.ContainsFunc(tb.direct, func(p position) bool { return p.full < TableSize }) {
+			if slices.ContainsFunc(tb.small.full[:tb.small.n], func(f int32) bool { return f < TableSize }) {
 				capped++
 			}
 			for s := range uint64(TableSize) {
 				if got, want := tb.primaryOf(s), int(tb.primary[s]); got != want {
-					t.Fatalf("%v: slot %d: computed primary %d, table %d (%+v)", addrs, s, got, want, tb.direct)
+					t.Fatalf("%v: slot %d: computed primary %d, table %d (%+v)", addrs, s, got, want, tb.small)
 				}
 			}
 		}

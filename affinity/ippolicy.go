@@ -21,17 +21,18 @@ type IPOptions struct {
 
 // IPPool is what IP affinity derives from one pool of upstreams: the
 // consistent-hash table, the upstreams' session IDs and their counters. It
-// is immutable; a copy is as good as the original.
+// is immutable. What a selection reads comes first, the table inline: in a
+// small pool it reads little else.
 type IPPool struct {
-	Table    *Table
-	IDs      []uint64
 	Counters []*Counters
+	Table    Table
+	IDs      []uint64
 	Addrs    []string
 }
 
 // NewIPPool builds the state of a pool for policy kind policy.
-func NewIPPool(policy string, addrs []string) *IPPool {
-	p := &IPPool{Table: NewTable(addrs), IDs: make([]uint64, len(addrs)), Counters: make([]*Counters, len(addrs)), Addrs: addrs}
+func NewIPPool(policy string, addrs []string) IPPool {
+	p := IPPool{Table: *NewTable(addrs), IDs: make([]uint64, len(addrs)), Counters: make([]*Counters, len(addrs)), Addrs: addrs}
 	Retain(policy, addrs...)
 	for i, a := range addrs {
 		p.IDs[i] = NameUpstream(a)
@@ -97,14 +98,6 @@ func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 	}
 	h := k.Hash()
 	bounded := o.BalanceFactor > 0 && load != nil
-	if sessions == nil && !moved && !bounded && !AnyDraining() {
-		// The common case, a pure hash whose upstream is up, without the
-		// walk's indirect calls: the same result as the general path.
-		if i := p.Table.Lookup(h); i >= 0 && avail(i) {
-			p.Counters[i].Record(ResultHit, ReasonNone)
-			return i, ResultHit
-		}
-	}
 	lookup := func(ok func(i int) bool) int {
 		if bounded {
 			return p.Table.LookupBounded(h, o.BalanceFactor, load, ok)

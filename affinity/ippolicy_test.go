@@ -11,7 +11,7 @@ import (
 // none is available at all, the client's session is kept for later.
 func TestChooseIPRetryRounds(t *testing.T) {
 	addrs := []string{"10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"}
-	p := NewIPPool("test_choose", addrs)
+	p := newIPPool("test_choose", addrs)
 	t.Cleanup(func() { p.Release("test_choose") })
 	table := NewSessionTable(100, time.Hour)
 	k := MaskClient(netip.MustParseAddr("192.0.2.44"), 32, 64)
@@ -49,32 +49,7 @@ func TestChooseIPRetryRounds(t *testing.T) {
 	}
 }
 
-// The fast path for a pure hash (no table, nothing draining, no bounded
-// loads) gives what the general path gives: the same upstream, result and
-// counts. Draining an address outside the pool forces the general path.
-func TestChooseIPFastPathAgrees(t *testing.T) {
-	addrs := []string{"10.2.0.1:80", "10.2.0.2:80", "10.2.0.3:80", "10.2.0.4:80", "10.2.0.5:80"}
-	fast, slow := NewIPPool("test_fast", addrs), NewIPPool("test_slow", addrs)
-	t.Cleanup(func() { fast.Release("test_fast"); slow.Release("test_slow") })
-	o := &IPOptions{}
-	for mask := range 1 << len(addrs) {
-		avail := func(i int) bool { return mask&(1<<i) != 0 }
-		for c := range 200 {
-			k := MaskClient(netip.AddrFrom4([4]byte{198, 51, byte(c / 250), byte(c % 250)}), 32, 64)
-			fi, fr := ChooseIP(o, nil, fast, k, time.Time{}, avail, nil, nil)
-			SetDraining("203.0.113.99:80", true)
-			si, sr := ChooseIP(o, nil, slow, k, time.Time{}, avail, nil, nil)
-			SetDraining("203.0.113.99:80", false)
-			if fi != si || fr != sr {
-				t.Fatalf("mask %05b client %d: fast path %d (%v), general path %d (%v)", mask, c, fi, fr, si, sr)
-			}
-		}
-	}
-	for i := range addrs {
-		for r := range numResults {
-			if f, s := fast.Counters[i].Count(r), slow.Counters[i].Count(r); f != s {
-				t.Errorf("upstream %d, %v: fast path counted %d, general path %d", i, r, f, s)
-			}
-		}
-	}
+func newIPPool(policy string, addrs []string) *IPPool {
+	p := NewIPPool(policy, addrs)
+	return &p
 }

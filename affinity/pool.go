@@ -65,19 +65,22 @@ func (x *Index) SigningID(i int) uint64 { return x.sign[i] }
 // several in turn: a fallback policy gets the full pool on first attempts
 // and the pool less a failed upstream on retries.
 type PoolCache[U comparable, S any] struct {
-	// Addr returns an upstream's address, its identity.
-	Addr func(U) string
-	// Build derives the state for a pool from its addresses.
-	Build func(addrs []string) S
-	// Drop, if set, releases a state the cache no longer keeps.
-	Drop func(S)
-
 	// hot is the snapshot whose very slice Get found last: Caddy passes
 	// its static upstreams' slice on every request, and one load then
 	// finds the state. In a loaded server every structure a selection
 	// reaches is likely a cache miss, and the walk over the snapshots
 	// is several.
-	hot    atomic.Pointer[poolSnap[U, S]]
+	hot atomic.Pointer[poolSnap[U, S]]
+
+	// Addr returns an upstream's address, its identity.
+	Addr func(U) string
+	// Build derives the state for a pool from its addresses. The cache
+	// keeps it inside the snapshot of the pool, so that the selection
+	// reaches it in one load from hot.
+	Build func(addrs []string) S
+	// Drop, if set, releases a state the cache no longer keeps.
+	Drop func(*S)
+
 	snaps  [poolCacheSlots]atomic.Pointer[poolSnap[U, S]]
 	next   int  // slot the next new pool replaces; guarded by mu
 	closed bool // guarded by mu
@@ -88,26 +91,26 @@ const poolCacheSlots = 4
 
 type poolSnap[U comparable, S any] struct {
 	orig  []U // the caller's slice, for the identity check
-	addrs []string
 	state S
+	addrs []string
 }
 
 // Get returns the state for pool. Callers that find the state's address
 // for a position differing from the upstream there (the slice was changed
 // in place, which Caddy does not do) call Refresh.
-func (c *PoolCache[U, S]) Get(pool []U) S {
+func (c *PoolCache[U, S]) Get(pool []U) *S {
 	if h := c.hot.Load(); h != nil && sameSlice(h.orig, pool) {
-		return h.state
+		return &h.state
 	}
 	for i := range c.snaps {
 		if s := c.snaps[i].Load(); s != nil && sameSlice(s.orig, pool) {
 			c.hot.Store(s)
-			return s.state
+			return &s.state
 		}
 	}
 	for i := range c.snaps {
 		if s := c.snaps[i].Load(); s != nil && c.sameAddrs(s.addrs, pool) {
-			return s.state
+			return &s.state
 		}
 	}
 	return c.rebuild(pool)
@@ -115,7 +118,7 @@ func (c *PoolCache[U, S]) Get(pool []U) S {
 
 // Refresh finds or builds the state for pool by its addresses, ignoring
 // the identity of the slice.
-func (c *PoolCache[U, S]) Refresh(pool []U) S { return c.rebuild(pool) }
+func (c *PoolCache[U, S]) Refresh(pool []U) *S { return c.rebuild(pool) }
 
 // sameSlice reports whether a and b are the very same slice.
 func sameSlice[U any](a, b []U) bool {
@@ -134,7 +137,7 @@ func (c *PoolCache[U, S]) sameAddrs(addrs []string, pool []U) bool {
 	return true
 }
 
-func (c *PoolCache[U, S]) rebuild(pool []U) S {
+func (c *PoolCache[U, S]) rebuild(pool []U) *S {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	addrs := make([]string, len(pool))
@@ -145,25 +148,26 @@ func (c *PoolCache[U, S]) rebuild(pool []U) S {
 		if s := c.snaps[i].Load(); s != nil && slices.Equal(s.addrs, addrs) {
 			// Same upstreams in another slice (a reload, dynamic
 			// upstreams): keep the state, remember the slice.
-			c.snaps[i].Store(&poolSnap[U, S]{orig: pool, addrs: s.addrs, state: s.state})
-			return s.state
+			n := &poolSnap[U, S]{orig: pool, addrs: s.addrs, state: s.state}
+			c.snaps[i].Store(n)
+			return &n.state
 		}
 	}
 	n := &poolSnap[U, S]{orig: pool, addrs: addrs, state: c.Build(addrs)}
 	if c.closed {
 		// A request still in flight after its config was unloaded: serve
 		// it, but keep nothing that no Close would ever release.
-		c.drop(n.state)
-		return n.state
+		c.drop(&n.state)
+		return &n.state
 	}
 	if old := c.snaps[c.next].Swap(n); old != nil {
 		// A Get that loaded it just before may still use its state
 		// (count a decision on counters no longer listed): harmless.
 		c.hot.CompareAndSwap(old, nil)
-		c.drop(old.state)
+		c.drop(&old.state)
 	}
 	c.next = (c.next + 1) % poolCacheSlots
-	return n.state
+	return &n.state
 }
 
 // Close drops every cached state, when the config that owns the cache is
@@ -175,13 +179,13 @@ func (c *PoolCache[U, S]) Close() {
 	c.hot.Store(nil)
 	for i := range c.snaps {
 		if old := c.snaps[i].Swap(nil); old != nil {
-			c.drop(old.state)
+			c.drop(&old.state)
 		}
 	}
 }
 
 // drop releases a state the cache no longer keeps.
-func (c *PoolCache[U, S]) drop(state S) {
+func (c *PoolCache[U, S]) drop(state *S) {
 	if c.Drop != nil {
 		c.Drop(state)
 	}

@@ -123,7 +123,7 @@ func TestPoolCache(t *testing.T) {
 		{"back to the first pool rebuilds", pool, "a,b,c", 6},
 	}
 	for _, s := range steps {
-		if got := c.Get(s.pool); got != s.want {
+		if got := *c.Get(s.pool); got != s.want {
 			t.Fatalf("%s: Get = %q, want %q", s.name, got, s.want)
 		}
 		if n := builds.Load(); n != s.wantBuilds {
@@ -141,8 +141,8 @@ func TestPoolCacheReusesStateObject(t *testing.T) {
 		Addr:  func(u *fakeUp) string { return u.addr },
 		Build: func(addrs []string) *[]string { builds++; return &addrs },
 	}
-	s1 := c.Get(ups("x", "y"))
-	s2 := c.Get(ups("x", "y"))
+	s1 := *c.Get(ups("x", "y"))
+	s2 := *c.Get(ups("x", "y"))
 	if s1 != s2 || builds != 1 {
 		t.Fatalf("new pointers, same addresses: state %p then %p after %d builds; want the same, 1 build", s1, s2, builds)
 	}
@@ -152,10 +152,10 @@ func TestPoolCacheReusesStateObject(t *testing.T) {
 	p := ups("x", "y")
 	c.Get(p)
 	p[1] = &fakeUp{"z"}
-	if got := *c.Refresh(p); strings.Join(got, ",") != "x,z" {
+	if got := **c.Refresh(p); strings.Join(got, ",") != "x,z" {
 		t.Fatalf("after the caller changed its slice: Refresh state %v, want [x z]", got)
 	}
-	if got := *c.Get(p); strings.Join(got, ",") != "x,z" {
+	if got := **c.Get(p); strings.Join(got, ",") != "x,z" {
 		t.Fatalf("after Refresh: Get state %v, want [x z]", got)
 	}
 }
@@ -172,7 +172,7 @@ func TestPoolCacheConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 500; i++ {
 				p := (g + i/50) % len(pools)
-				if got := c.Get(pools[p]); got != want[p] {
+				if got := *c.Get(pools[p]); got != want[p] {
 					bad.Add(1)
 				}
 			}
@@ -221,11 +221,11 @@ func TestPoolCacheAlternatingPools(t *testing.T) {
 	full := ups("a", "b", "c", "d")
 	less := []*fakeUp{full[0], full[1], full[3]}
 	for i := 0; i < 100; i++ {
-		if got := c.Get(full); got != "a,b,c,d" {
+		if got := *c.Get(full); got != "a,b,c,d" {
 			t.Fatalf("full pool: %q", got)
 		}
 		// A new slice each time, as a retry filters the pool anew.
-		if got := c.Get(append([]*fakeUp(nil), less...)); got != "a,b,d" {
+		if got := *c.Get(append([]*fakeUp(nil), less...)); got != "a,b,d" {
 			t.Fatalf("filtered pool: %q", got)
 		}
 	}
@@ -233,7 +233,7 @@ func TestPoolCacheAlternatingPools(t *testing.T) {
 		t.Fatalf("two pools in turn built %d times, want 2", n)
 	}
 	// Dynamic upstreams: new objects with the same addresses, no rebuild.
-	if got := c.Get(ups("a", "b", "c", "d")); got != "a,b,c,d" || builds.Load() != 2 {
+	if got := *c.Get(ups("a", "b", "c", "d")); got != "a,b,c,d" || builds.Load() != 2 {
 		t.Fatalf("same addresses in new objects: %q after %d builds", got, builds.Load())
 	}
 }
@@ -241,7 +241,7 @@ func TestPoolCacheAlternatingPools(t *testing.T) {
 func TestPoolCacheDrops(t *testing.T) {
 	drops := 0
 	c := PoolCache[string, int]{Addr: func(u string) string { return u }, Build: func(a []string) int { return len(a) },
-		Drop: func(int) { drops++ }}
+		Drop: func(*int) { drops++ }}
 	for i := range poolCacheSlots {
 		c.Get(make([]string, i+1))
 	}
@@ -274,7 +274,7 @@ func TestPoolCacheHot(t *testing.T) {
 	if h := c.hot.Load(); h != nil && sameSlice(h.orig, first) {
 		t.Fatal("an evicted state is still hot")
 	}
-	if got := c.Get(first); got == s {
+	if got := c.Get(first); *got == *s {
 		t.Fatal("an evicted state was returned")
 	}
 }

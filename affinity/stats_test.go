@@ -292,7 +292,7 @@ func TestPoolCacheDropsEvictedAndClosed(t *testing.T) {
 	c := &PoolCache[*fakeUp, string]{
 		Addr:  func(u *fakeUp) string { return u.addr },
 		Build: func(addrs []string) string { return strings.Join(addrs, ",") },
-		Drop:  func(s string) { dropped = append(dropped, s) },
+		Drop:  func(s *string) { dropped = append(dropped, *s) },
 	}
 	for i := 0; i < poolCacheSlots+2; i++ {
 		c.Get(ups(fmt.Sprintf("p%d", i)))
@@ -306,7 +306,7 @@ func TestPoolCacheDropsEvictedAndClosed(t *testing.T) {
 	}
 	// A request still in flight after Close gets a state, which is not
 	// kept: nothing would ever drop it.
-	if got := c.Get(ups("late")); got != "late" {
+	if got := *c.Get(ups("late")); got != "late" {
 		t.Fatalf("after Close, Get = %q", got)
 	}
 	if len(dropped) != poolCacheSlots+3 || dropped[len(dropped)-1] != "late" {

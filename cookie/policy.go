@@ -136,7 +136,7 @@ type StickyCookie struct {
 	rewrite   bool
 	strict    bool
 	varKey    string
-	pools     affinity.PoolCache[*reverseproxy.Upstream, *poolState]
+	pools     affinity.PoolCache[*reverseproxy.Upstream, poolState]
 	logger    *zap.Logger
 	decisions decisionlog.Logger
 	noHandler sync.Once
@@ -220,9 +220,9 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 	}
 	s.static = caddyutil.RegisterParentUpstreams(ctx, PolicyName)
 	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
-	s.pools.Build = func(addrs []string) *poolState {
+	s.pools.Build = func(addrs []string) poolState {
 		affinity.Retain(PolicyName, addrs...)
-		ps := &poolState{addrs: addrs, index: s.keys.NewIndex(addrs), counters: make([]*affinity.Counters, len(addrs))}
+		ps := poolState{addrs: addrs, index: s.keys.NewIndex(addrs), counters: make([]*affinity.Counters, len(addrs))}
 		for i, a := range addrs {
 			ps.counters[i] = affinity.CountersFor(PolicyName, a)
 		}

@@ -17,25 +17,25 @@ import (
 // answer for a client that has no IP, and the decision log. U is the
 // engine's upstream type; the policies are the adapters that describe a
 // request to it (Upstreams) and act on its answer.
+//
+// A policy embeds its Core and calls Init when provisioned. The fields a
+// selection reads come first, copied from the config, so that in a busy
+// server, where each cache line a selection touches is likely a miss, they
+// are a line or two beside the policy's own.
 type Core[U comparable] struct {
-	cfg      *Config
-	policy   string
-	addr     func(U) string
+	sessions *affinity.SessionTable
 	triedKey string
-	pools    affinity.PoolCache[U, *affinity.IPPool]
-	logger   *zap.Logger
+	opts     affinity.IPOptions
+	pools    affinity.PoolCache[U, affinity.IPPool] // its first field is what Get reads
 	decision decisionlog.Logger
-	now      func() time.Time
+	addr     func(U) string
 	// fallback: the policy has a fallback for clients without an IP.
 	fallback bool
-	noIPOnce sync.Once
-}
 
-// Vars is where a selection keeps what earlier attempts of the same request
-// used: Caddy's request variables, or caddy-l4's connection variables.
-type Vars interface {
-	GetVar(key string) any
-	SetVar(key string, value any)
+	policy   string
+	logger   *zap.Logger
+	now      func() time.Time
+	noIPOnce sync.Once
 }
 
 // Upstreams is what the engine knows of a pool's upstreams now, by index.
@@ -60,16 +60,17 @@ const (
 	NotIP = -2
 )
 
-// NewCore returns the core of a policy of kind policy (its label in
-// counters and metrics) over cfg, provisioned: addr is an upstream's
-// address (its identity), fallback whether the policy has a fallback.
-func NewCore[U comparable](cfg *Config, policy string, addr func(U) string, logger *zap.Logger, fallback bool) *Core[U] {
-	c := &Core[U]{cfg: cfg, policy: policy, addr: addr, triedKey: affinity.VarKey(policy), fallback: fallback, now: time.Now}
+// Init provisions c as the core of a policy of kind policy (its label in
+// counters and metrics) over cfg, which is provisioned: addr is an
+// upstream's address (its identity), fallback whether the policy has a
+// fallback.
+func (c *Core[U]) Init(cfg *Config, policy string, addr func(U) string, logger *zap.Logger, fallback bool) {
+	c.opts, c.sessions = *cfg.Options(), cfg.Sessions()
+	c.policy, c.addr, c.triedKey, c.fallback, c.now = policy, addr, affinity.VarKey(policy), fallback, time.Now
 	c.SetLogger(logger)
 	c.pools.Addr = addr
-	c.pools.Build = func(addrs []string) *affinity.IPPool { return affinity.NewIPPool(policy, addrs) }
+	c.pools.Build = func(addrs []string) affinity.IPPool { return affinity.NewIPPool(policy, addrs) }
 	c.pools.Drop = func(p *affinity.IPPool) { p.Release(policy) }
-	return c
 }
 
 // SetLogger sets the logger of warnings and decisions.
@@ -89,7 +90,7 @@ func (c *Core[U]) Close() { c.pools.Close() }
 // vars keeps the upstreams earlier attempts used: Caddy (and caddy-l4)
 // call a policy again for each retry of a request, and those that already
 // failed it are passed over (see affinity.ChooseIP). vars may be nil.
-func (c *Core[U]) Select(pool []U, client netip.Addr, vars Vars, up Upstreams) int {
+func (c *Core[U]) Select(pool []U, client netip.Addr, vars map[string]any, up Upstreams) int {
 	if !client.IsValid() {
 		if !c.fallback {
 			c.noIPOnce.Do(func() {
@@ -98,9 +99,27 @@ func (c *Core[U]) Select(pool []U, client netip.Addr, vars Vars, up Upstreams) i
 		}
 		return NotIP
 	}
-	k := affinity.MaskClient(client, c.cfg.IPv4Prefix, c.cfg.IPv6Prefix)
 	p := c.pools.Get(pool)
-	sessions := c.cfg.Sessions()
+	tried := c.tried(vars)
+	if tried == nil && c.sessions == nil && up.Skip == nil && up.Load == nil && !affinity.AnyDraining() {
+		// A first attempt by the pure hash whose upstream is available:
+		// what affinity.ChooseIP gives, without its general walk, which in
+		// a loaded server costs cache misses on every request.
+		h := affinity.HashAddr(client, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
+		if i := p.Table.Lookup(h); i >= 0 && up.Available(i) && !p.Stale(i, c.addr(pool[i])) {
+			p.Counters[i].Record(affinity.ResultHit, affinity.ReasonNone)
+			c.done(vars, nil, pool[i], client, affinity.ResultHit)
+			return i
+		}
+	}
+	return c.choose(pool, p, client, tried, vars, up)
+}
+
+// choose is Select's general case: session tables, bounded loads,
+// draining, retries, unavailable upstreams, part of a pool.
+func (c *Core[U]) choose(pool []U, p *affinity.IPPool, client netip.Addr, tried []U, vars map[string]any, up Upstreams) int {
+	k := affinity.MaskClient(client, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
+	sessions := c.sessions
 	var now time.Time
 	if sessions != nil {
 		now = c.now()
@@ -109,15 +128,14 @@ func (c *Core[U]) Select(pool []U, client netip.Addr, vars Vars, up Upstreams) i
 	if available, skip := up.Available, up.Skip; skip != nil {
 		avail = func(i int) bool { return !skip(i) && available(i) }
 	}
-	tried := c.tried(vars)
 	var failed func(i int) bool
 	if tried != nil {
 		failed = func(i int) bool { return c.triedAddr(tried, c.addr(pool[i])) }
 	}
-	i, res := affinity.ChooseIP(c.cfg.Options(), sessions, p, k, now, avail, failed, up.Load)
+	i, res := affinity.ChooseIP(&c.opts, sessions, p, k, now, avail, failed, up.Load)
 	if p.Stale(i, c.addr(pool[max(i, 0)])) {
 		p = c.pools.Refresh(pool)
-		i, res = affinity.ChooseIP(c.cfg.Options(), sessions, p, k, now, avail, failed, up.Load)
+		i, res = affinity.ChooseIP(&c.opts, sessions, p, k, now, avail, failed, up.Load)
 	}
 	if i < 0 {
 		return NoUpstream
@@ -125,21 +143,29 @@ func (c *Core[U]) Select(pool []U, client netip.Addr, vars Vars, up Upstreams) i
 	if failed != nil && failed(i) {
 		tried = nil // a new round of the pool began
 	}
-	c.remember(vars, tried, pool[i])
-	if table := sessions != nil; c.decision.Enabled(Notable(res, table)) {
-		LogDecision(c.decision, c.policy, k, c.addr(pool[i]), res, table)
-	}
+	c.done(vars, tried, pool[i], client, res)
 	return i
+}
+
+// done remembers the upstream chosen for the request's next attempt and
+// logs the decision if it is to be logged.
+func (c *Core[U]) done(vars map[string]any, tried []U, up U, client netip.Addr, res affinity.Result) {
+	c.remember(vars, tried, up)
+	if table := c.sessions != nil; c.decision.Enabled(Notable(res, table)) {
+		k := affinity.MaskClient(client, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
+		LogDecision(c.decision, c.policy, k, c.addr(up), res, table)
+	}
 }
 
 // tried returns the upstreams earlier attempts of the request used. The
 // first attempt stores the bare upstream (no allocation); only a retry
 // makes a slice.
-func (c *Core[U]) tried(vars Vars) []U {
-	if vars == nil {
+func (c *Core[U]) tried(vars map[string]any) []U {
+	v := vars[c.triedKey]
+	if v == nil {
 		return nil
 	}
-	switch v := vars.GetVar(c.triedKey).(type) {
+	switch v := v.(type) {
 	case U:
 		return []U{v}
 	case []U:
@@ -159,13 +185,13 @@ func (c *Core[U]) triedAddr(tried []U, addr string) bool {
 	return false
 }
 
-func (c *Core[U]) remember(vars Vars, tried []U, up U) {
+func (c *Core[U]) remember(vars map[string]any, tried []U, up U) {
 	if vars == nil {
 		return
 	}
 	if tried == nil {
-		vars.SetVar(c.triedKey, up)
+		vars[c.triedKey] = up
 		return
 	}
-	vars.SetVar(c.triedKey, append(tried, up))
+	vars[c.triedKey] = append(tried, up)
 }

@@ -42,7 +42,10 @@ type IPAffinity struct {
 	// warning, logged once) for a client address that is not an IP.
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
-	core     *Core[*reverseproxy.Upstream]
+	// remote: Source is remote. Beside the core, whose first fields every
+	// selection reads too.
+	remote   bool
+	core     Core[*reverseproxy.Upstream]
 	fallback reverseproxy.Selector
 	static   []string // the parent's static upstreams, retained
 }
@@ -64,6 +67,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 	default:
 		return fmt.Errorf("source: must be client or remote, got %q", s.Source)
 	}
+	s.remote = s.Source == "remote"
 	if err := s.Config.Provision(ctx, PolicyName, ""); err != nil {
 		return err
 	}
@@ -83,7 +87,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
 	s.static = caddyutil.RegisterParentUpstreams(ctx, PolicyName)
-	s.core = NewCore(&s.Config, PolicyName, func(u *reverseproxy.Upstream) string { return u.Dial }, ctx.Logger(), s.fallback != nil)
+	s.core.Init(&s.Config, PolicyName, func(u *reverseproxy.Upstream) string { return u.Dial }, ctx.Logger(), s.fallback != nil)
 	return nil
 }
 
@@ -103,9 +107,7 @@ func spoofableClientWarning(srv *caddyhttp.Server) string {
 // Cleanup releases the session table and the upstreams this config made
 // known.
 func (s *IPAffinity) Cleanup() error {
-	if s.core != nil {
-		s.core.Close()
-	}
+	s.core.Close()
 	affinity.Release(PolicyName, s.static...)
 	return s.Config.Cleanup()
 }
@@ -132,14 +134,10 @@ func (s *IPAffinity) SelectSubset(pool reverseproxy.UpstreamPool, r *http.Reques
 	if skip != nil {
 		up.Skip = func(i int) bool { return skip(pool[i]) }
 	}
-	if s.BalanceFactor > 0 {
+	if s.core.opts.BalanceFactor > 0 {
 		up.Load = func(i int) int { return pool[i].NumRequests() }
 	}
-	var v Vars
-	if vars != nil {
-		v = requestVars(vars)
-	}
-	i := s.core.Select(pool, client, v, up)
+	i := s.core.Select(pool, client, vars, up)
 	if i >= 0 {
 		return pool[i]
 	}
@@ -156,15 +154,9 @@ func (s *IPAffinity) SelectSubset(pool reverseproxy.UpstreamPool, r *http.Reques
 	return nil
 }
 
-// requestVars are Caddy's request variables as the core keeps them.
-type requestVars map[string]any
-
-func (v requestVars) GetVar(key string) any        { return v[key] }
-func (v requestVars) SetVar(key string, value any) { v[key] = value }
-
 // clientAddr is the address that identifies the client.
 func (s *IPAffinity) clientAddr(r *http.Request, vars map[string]any) string {
-	if s.Source != "remote" {
+	if !s.remote {
 		if v, ok := vars[caddyhttp.ClientIPVarKey].(string); ok && v != "" {
 			return v
 		}

@@ -337,7 +337,7 @@ func TestIPAffinitySubsetsBuildNothing(t *testing.T) {
 	s.core.SetLogger(zap.NewNop())
 	builds := 0
 	build := s.core.pools.Build
-	s.core.pools.Build = func(addrs []string) *affinity.IPPool { builds++; return build(addrs) }
+	s.core.pools.Build = func(addrs []string) affinity.IPPool { builds++; return build(addrs) }
 	pool := testPool(8)
 	for mask := 1; mask < 1<<len(pool)-1; mask++ {
 		skip := func(u *reverseproxy.Upstream) bool {

@@ -50,7 +50,7 @@ type IPAffinity struct {
 
 	fallback l4proxy.Selector
 	static   []string // the parent's upstreams, retained
-	core     *ipaffinity.Core[*l4proxy.Upstream]
+	core     ipaffinity.Core[*l4proxy.Upstream]
 	// gauges are caddy-l4's open connections per upstream address, for
 	// bounded loads; nil without balance_factor.
 	conns *prometheus.GaugeVec
@@ -93,7 +93,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		s.conns = g
 	}
 	s.static = registerParentUpstreams(ctx)
-	s.core = ipaffinity.NewCore(&s.Config, PolicyName, (*l4proxy.Upstream).String, ctx.Logger(), s.fallback != nil)
+	s.core.Init(&s.Config, PolicyName, (*l4proxy.Upstream).String, ctx.Logger(), s.fallback != nil)
 	return nil
 }
 
@@ -156,9 +156,7 @@ func registerParentUpstreams(ctx caddy.Context) []string {
 // Cleanup releases the session table and the upstreams this config made
 // known.
 func (s *IPAffinity) Cleanup() error {
-	if s.core != nil {
-		s.core.Close()
-	}
+	s.core.Close()
 	affinity.Release(PolicyName, s.static...)
 	return s.Config.Cleanup()
 }
@@ -203,7 +201,8 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 			return int(m.Gauge.GetValue())
 		}
 	}
-	i := s.core.Select(up, client, conn, u)
+	vars, _ := conn.Context.Value(layer4.VarsCtxKey).(map[string]any)
+	i := s.core.Select(up, client, vars, u)
 	switch {
 	case i >= 0:
 		return up[i]
