@@ -1,5 +1,5 @@
-// Package caddyaffinity is session affinity for Caddy: cookie affinity for
-// reverse_proxy (insert and rewrite modes) and client-IP affinity for
+// Package caddyaffinity is session affinity for Caddy: cookie and header
+// affinity for reverse_proxy (insert and rewrite modes) and client-IP affinity for
 // reverse_proxy and the layer4 app, observable and controllable through
 // Caddy's admin API and metrics.
 //
@@ -13,6 +13,8 @@ import (
 	_ "github.com/caddy-affinity/caddy-affinity/admin"
 	// Cookie affinity: sticky_cookie and the affinity handler.
 	_ "github.com/caddy-affinity/caddy-affinity/cookie"
+	// Header affinity: sticky_header.
+	_ "github.com/caddy-affinity/caddy-affinity/header"
 	// Client-IP affinity for reverse_proxy.
 	_ "github.com/caddy-affinity/caddy-affinity/ipaffinity"
 	// Client-IP affinity for the layer4 app.

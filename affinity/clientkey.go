@@ -2,9 +2,12 @@ package affinity
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"net/netip"
 	"strings"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Default prefix lengths of client keys: each IPv4 address is its own
@@ -21,8 +24,27 @@ const (
 type ClientKey struct {
 	addr [16]byte // masked address; an IPv4 one in addr[:4]
 	bits uint8    // prefix length
-	fam  uint8    // 4, 6, or 0 for invalid
+	fam  uint8    // 4, 6, famNamed, or 0 for invalid
 }
+
+// famNamed marks the key of a value the client chose (a header's), held as
+// a 128-bit hash of the value, never the value.
+const famNamed = 'n'
+
+// NamedKey returns the key of a session named by value, such as the value
+// of a header sticky_header hashes: two 64-bit xxHash digests of it, the
+// same in every process (every instance routes a value alike), so the
+// value itself is never kept.
+func NamedKey(value string) ClientKey {
+	k := ClientKey{fam: famNamed, bits: 128}
+	d := xxhash.NewWithSeed(namedSeed)
+	_, _ = d.WriteString(value)
+	binary.BigEndian.PutUint64(k.addr[:8], xxhash.Sum64String(value))
+	binary.BigEndian.PutUint64(k.addr[8:], d.Sum64())
+	return k
+}
+
+const namedSeed = 0x6166_6669_6e69_7479 // "affinity"
 
 // MaskClient returns the key of the client at ip: the address masked to
 // v4bits if it is IPv4 (including IPv4-mapped IPv6, ::ffff:a.b.c.d) or to
@@ -94,6 +116,14 @@ func ClientKeyFromPrefix(p netip.Prefix) ClientKey {
 // naming a session.
 func ParseClientKey(s string) (ClientKey, error) {
 	s = strings.TrimSpace(s)
+	if h, ok := strings.CutPrefix(s, namedPrefix); ok {
+		var k ClientKey
+		if n, err := hex.Decode(k.addr[:], []byte(h)); err != nil || n != len(k.addr) || len(h) != 2*len(k.addr) {
+			return ClientKey{}, errors.New("affinity: invalid named key " + quoteShort(s))
+		}
+		k.fam, k.bits = famNamed, 128
+		return k, nil
+	}
 	if strings.IndexByte(s, '/') >= 0 {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -124,6 +154,9 @@ func (k ClientKey) IsValid() bool { return k.fam != 0 }
 // Is4 reports whether k is an IPv4 key.
 func (k ClientKey) Is4() bool { return k.fam == 4 }
 
+// Named reports whether k is a NamedKey.
+func (k ClientKey) Named() bool { return k.fam == famNamed }
+
 // Bits returns the prefix length of k, or -1 if it is invalid.
 func (k ClientKey) Bits() int {
 	if k.fam == 0 {
@@ -144,9 +177,9 @@ func (k ClientKey) Addr() netip.Addr {
 }
 
 // Prefix returns k as a prefix, such as 10.1.2.0/24 (the zero Prefix if k
-// is invalid).
+// is invalid or named).
 func (k ClientKey) Prefix() netip.Prefix {
-	if k.fam == 0 {
+	if k.fam == 0 || k.fam == famNamed {
 		return netip.Prefix{}
 	}
 	return netip.PrefixFrom(k.Addr(), int(k.bits))
@@ -155,17 +188,26 @@ func (k ClientKey) Prefix() netip.Prefix {
 // String returns k as a prefix, such as "10.1.2.0/24" or "2001:db8::/64",
 // or "invalid" for the invalid key.
 func (k ClientKey) String() string {
-	if k.fam == 0 {
+	switch k.fam {
+	case 0:
 		return "invalid"
+	case famNamed:
+		return namedPrefix + hex.EncodeToString(k.addr[:])
 	}
 	return k.Prefix().String()
 }
 
+// namedPrefix starts the String of a NamedKey: its hash in hex.
+const namedPrefix = "key:"
+
 // MarshalText implements encoding.TextMarshaler (JSON uses it, so keys
 // print as prefixes in admin responses).
 func (k ClientKey) MarshalText() ([]byte, error) {
-	if k.fam == 0 {
+	switch k.fam {
+	case 0:
 		return []byte{}, nil
+	case famNamed:
+		return []byte(k.String()), nil
 	}
 	return k.Prefix().AppendTo(nil), nil
 }
@@ -194,7 +236,7 @@ func (k ClientKey) Hash() uint64 {
 	switch k.fam {
 	case 4:
 		return hash4(binary.BigEndian.Uint32(k.addr[:4]), k.bits)
-	case 6:
+	case 6, famNamed:
 		hi, lo := binary.BigEndian.Uint64(k.addr[:8]), binary.BigEndian.Uint64(k.addr[8:])
 		return xxh64Uint64(lo, xxh64Uint64(hi, meta))
 	}

@@ -112,6 +112,9 @@ func (t *SessionTable) networkHash(k ClientKey) uint64 {
 		binary.BigEndian.PutUint64(b[:], hi)
 		// The low 16 bits of a /48 are zero: room for the family.
 		b[7] = 6
+	case famNamed:
+		// A chosen key has no network: each is its own, never limited.
+		copy(b[:], k.addr[:8])
 	}
 	return maphash.Comparable(t.seed, b)
 }

@@ -40,9 +40,6 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("sticky_cookie: expected at most one argument (the cookie name), got extra '%s'", d.Val())
 	}
 	for d.NextBlock(0) {
-		if d.Val() == "secrets" && seen["secret"] > 0 || d.Val() == "secret" && seen["secrets"] > 0 {
-			return d.Errf("%s: option given more than once (secret and secrets are the same option)", d.Val())
-		}
 		if err := seen.Start(d); err != nil {
 			return err
 		}
@@ -51,17 +48,7 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "mode":
 			s.Mode, err = parse.Enum(d, ModeInsert, ModeRewrite)
 		case "secret", "secrets":
-			opt := d.Val()
-			s.Secrets = d.RemainingArgs()
-			if len(s.Secrets) == 0 {
-				return d.Errf("%s: expected at least one key", opt)
-			}
-			for i, sec := range s.Secrets {
-				// A placeholder's value is known only when the config loads.
-				if !strings.Contains(sec, "{") && len(sec) < minSecretLen {
-					return d.Errf("%s: key %d is %d bytes, shorter than the %d required (generate one with: openssl rand -base64 32)", opt, i+1, len(sec), minSecretLen)
-				}
-			}
+			s.Secrets, err = ParseSecrets(d, seen)
 		case "max_age":
 			s.MaxAge, err = parse.Duration(d)
 		case "idle_timeout":
@@ -103,4 +90,24 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return seen.WrapErr(d, "sticky_cookie", err)
 	}
 	return nil
+}
+
+// ParseSecrets parses a secret (or secrets) option under the dispenser's
+// cursor: one or more keys, each at least 16 bytes unless a placeholder,
+// whose value is known only when the config loads.
+func ParseSecrets(d *caddyfile.Dispenser, seen parse.Options) ([]string, error) {
+	opt := d.Val()
+	if opt == "secrets" && seen["secret"] > 0 || opt == "secret" && seen["secrets"] > 0 {
+		return nil, d.Errf("%s: option given more than once (secret and secrets are the same option)", opt)
+	}
+	keys := d.RemainingArgs()
+	if len(keys) == 0 {
+		return nil, d.Errf("%s: expected at least one key", opt)
+	}
+	for i, sec := range keys {
+		if !strings.Contains(sec, "{") && len(sec) < minSecretLen {
+			return nil, d.Errf("%s: key %d is %d bytes, shorter than the %d required (generate one with: openssl rand -base64 32)", opt, i+1, len(sec), minSecretLen)
+		}
+	}
+	return keys, nil
 }

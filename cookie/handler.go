@@ -82,10 +82,10 @@ func (s *StickyCookie) attachToHandler(vars map[string]any, st *reqState) {
 		return
 	}
 	s.noHandler.Do(func() {
-		s.logger.Error("sticky_cookie in rewrite mode needs the affinity handler before reverse_proxy; "+
+		s.logger.Error(s.policy+" in rewrite mode needs the affinity handler before reverse_proxy; "+
 			"add the 'affinity' directive to the site block (or an http.handlers.affinity handler to the route). "+
 			"Proxying without stickiness until then",
-			zap.String("cookie", s.Name))
+			zap.String(s.carrier.kind(), s.Name))
 	})
 }
 
@@ -108,26 +108,10 @@ func (rw *rewriter) rewrite() {
 	if len(rw.states) == 0 {
 		return
 	}
-	lines := rw.Header()["Set-Cookie"]
-	if len(lines) == 0 {
-		return
-	}
-	now := time.Now()
+	h, now := rw.Header(), time.Now()
 	for _, st := range rw.states {
-		if st.chosenID == 0 {
-			continue
-		}
-		token := ""
-		for i, l := range lines {
-			if SetCookieName(l) != st.policy.Name {
-				continue
-			}
-			if token == "" {
-				token = st.routeToken()
-			}
-			if nl, ok := RewriteSetCookie(l, st.policy.Name, token, now); ok {
-				lines[i] = nl
-			}
+		if st.chosenID != 0 {
+			st.policy.carrier.rewrite(h, st, now)
 		}
 	}
 }

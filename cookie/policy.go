@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -128,6 +127,8 @@ type StickyCookie struct {
 	// upstream is selected (503). Default: rebind.
 	OnFailure string `json:"on_failure,omitempty"`
 
+	policy    string   // label in counters, metrics and logs
+	carrier   carrier  // where the token travels: a cookie, or a header
 	static    []string // the parent's static upstreams, retained
 	fallback  reverseproxy.Selector
 	keys      *affinity.Keyring
@@ -185,6 +186,27 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 	if err := s.validate(); err != nil {
 		return err
 	}
+	return s.setup(ctx, PolicyName, cookieCarrier{s})
+}
+
+// ProvisionHeader sets up s as the engine of sticky_header's insert and
+// rewrite modes: the token travels in the request header s.Name, not a
+// cookie. Mode, Name, Secrets, IdleTimeout, MaxLifetime, FallbackRaw and
+// OnFailure apply; the cookie attributes do not.
+func (s *StickyCookie) ProvisionHeader(ctx caddy.Context, policy string) error {
+	s.setLogger(ctx.Logger())
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.OnFailure == "" {
+		s.OnFailure = "rebind"
+	}
+	return s.setup(ctx, policy, headerCarrier{http.CanonicalHeaderKey(s.Name)})
+}
+
+// setup is what both carriers provision alike.
+func (s *StickyCookie) setup(ctx caddy.Context, policy string, c carrier) error {
+	s.policy, s.carrier = policy, c
 	s.rewrite = s.Mode == ModeRewrite
 	s.strict = s.OnFailure == "strict"
 	s.life = affinity.Lifetimes{MaxLifetime: time.Duration(s.MaxLifetime), IdleTimeout: time.Duration(s.IdleTimeout)}
@@ -196,7 +218,7 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 		SameSite: s.SameSite,
 		HTTPOnly: s.HTTPOnly == nil || *s.HTTPOnly,
 	}
-	s.varKey = affinity.VarKey(PolicyName)
+	s.varKey = affinity.VarKey(policy)
 
 	if s.FallbackRaw == nil {
 		s.FallbackRaw = caddyconfig.JSONModuleObject(reverseproxy.LeastConnSelection{}, "policy", "least_conn", nil)
@@ -211,31 +233,31 @@ func (s *StickyCookie) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	s.keys, err = affinity.NewKeyring(s.Mode+"\x00"+s.Name, keys...)
+	s.keys, err = affinity.NewKeyring(c.domain()+s.Mode+"\x00"+s.Name, keys...)
 	if err != nil {
 		return fmt.Errorf("secrets: %v", err)
 	}
 	if err := affinity.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
-	s.static = caddyutil.RegisterParentUpstreams(ctx, PolicyName)
+	s.static = caddyutil.RegisterParentUpstreams(ctx, policy)
 	s.pools.Addr = func(u *reverseproxy.Upstream) string { return u.Dial }
 	s.pools.Build = func(addrs []string) poolState {
-		affinity.Retain(PolicyName, addrs...)
+		affinity.Retain(policy, addrs...)
 		ps := poolState{addrs: addrs, index: s.keys.NewIndex(addrs), counters: make([]*affinity.Counters, len(addrs))}
 		for i, a := range addrs {
-			ps.counters[i] = affinity.CountersFor(PolicyName, a)
+			ps.counters[i] = affinity.CountersFor(policy, a)
 		}
 		return ps
 	}
-	s.pools.Drop = func(ps *poolState) { affinity.Release(PolicyName, ps.addrs...) }
+	s.pools.Drop = func(ps *poolState) { affinity.Release(policy, ps.addrs...) }
 	return nil
 }
 
 // Cleanup releases the upstreams this config made known.
 func (s *StickyCookie) Cleanup() error {
 	s.pools.Close()
-	affinity.Release(PolicyName, s.static...)
+	affinity.Release(s.policy, s.static...)
 	return nil
 }
 
@@ -375,6 +397,9 @@ type reqState struct {
 	policy   *StickyCookie
 	// cookieSet: an attempt of this request set the cookie.
 	cookieSet bool
+	// While reading the request's tokens.
+	now        time.Time
+	candidates int
 }
 
 // Select returns the upstream of the request's session, or binds a new one.
@@ -558,83 +583,52 @@ func indexOf(pool reverseproxy.UpstreamPool, u *reverseproxy.Upstream) int {
 	return -1
 }
 
-// readCookie finds the first cookie of the request that carries a valid
-// token, and edits the Cookie header for the upstream: insert mode removes
-// the cookie unless forward_cookie is set; rewrite mode strips the route
-// token so the backend gets its original value.
+// readCookie finds the first token of the request that is valid, and edits
+// the request for the upstream (see carrier.read).
 func (s *StickyCookie) readCookie(r *http.Request, st *reqState, now time.Time) {
-	lines := r.Header["Cookie"]
-	if len(lines) == 0 {
+	st.now = now
+	s.carrier.read(r, st)
+}
+
+// consider takes tok as the request's token if it is the first valid one.
+func (st *reqState) consider(tok string) {
+	// A header full of token-shaped values must not buy an HMAC each.
+	if st.valid || st.candidates >= maxCandidates {
 		return
 	}
-	candidates := 0
-	consider := func(tok string) {
-		// A header full of token-shaped values must not buy an HMAC each.
-		if st.valid || candidates >= maxCandidates {
-			return
-		}
-		candidates++
-		kind := affinity.KindInsert
-		if s.rewrite {
-			kind = affinity.KindRoute
-		}
-		t, key, reason := s.keys.ParseToken(kind, tok)
-		if reason == affinity.ReasonNone {
-			reason = s.life.Check(t, now)
-		}
-		if reason != affinity.ReasonNone {
-			if st.reason == affinity.ReasonNone {
-				st.reason = reason
-			}
-			return
-		}
-		st.tok, st.key, st.valid, st.reason = t, key, true, affinity.ReasonNone
-	}
+	st.candidates++
+	s := st.policy
+	kind := affinity.KindInsert
 	if s.rewrite {
-		lines = EditLines(lines, s.Name, func(v string) (string, bool, bool) {
-			tok, orig, ok := SplitRouted(v)
-			if !st.hasOrig {
-				st.origHash, st.hasOrig = xxhash.Sum64String(orig), true
-			}
-			if !ok {
-				return v, true, false
-			}
-			consider(tok)
-			return orig, true, true
-		})
-	} else if s.ForwardCookie {
-		EachValue(lines, s.Name, func(v string) bool {
-			consider(v)
-			return !st.valid
-		})
-	} else {
-		// One pass reads the cookie and removes it from the request.
-		lines = EditLines(lines, s.Name, func(v string) (string, bool, bool) {
-			consider(v)
-			return "", false, true
-		})
+		kind = affinity.KindRoute
 	}
-	if len(lines) == 0 {
-		delete(r.Header, "Cookie")
-	} else {
-		r.Header["Cookie"] = lines
+	t, key, reason := s.keys.ParseToken(kind, tok)
+	if reason == affinity.ReasonNone {
+		reason = s.life.Check(t, st.now)
+	}
+	if reason != affinity.ReasonNone {
+		if st.reason == affinity.ReasonNone {
+			st.reason = reason
+		}
+		return
+	}
+	st.tok, st.key, st.valid, st.reason = t, key, true, affinity.ReasonNone
+}
+
+// routed notes the backend's own value of a rewrite-mode request (the
+// first one): it routes the session while it has no valid token.
+func (st *reqState) routed(orig string) {
+	if !st.hasOrig {
+		st.origHash, st.hasOrig = xxhash.Sum64String(orig), true
 	}
 }
 
-// setCookie sets the insert-mode cookie on the response, replacing one an
-// earlier attempt of this request set, so the client gets exactly one.
+// setCookie sets the insert-mode token t on the response (a cookie, or a
+// header), replacing one an earlier attempt of this request set, so the
+// client gets exactly one.
 func (s *StickyCookie) setCookie(w http.ResponseWriter, secure bool, t affinity.Token) {
-	h := w.Header()
-	removeSetCookie(h, s.Name)
-	var buf [256]byte
-	line := append(buf[:0], s.Name...)
-	line = append(line, '=')
-	line = s.keys.AppendToken(line, t)
-	line = s.attrs.AppendAttrs(line, secure)
-	h["Set-Cookie"] = append(h["Set-Cookie"], string(line))
-	if s.NoCache && !slices.Contains(h["Cache-Control"], "private") {
-		h["Cache-Control"] = append(h["Cache-Control"], "private")
-	}
+	var buf [64]byte
+	s.carrier.insert(w, secure, s.keys.AppendToken(buf[:0], t))
 }
 
 // removeSetCookie removes the Set-Cookie lines for cookie name.
@@ -674,8 +668,8 @@ func (s *StickyCookie) logDecision(r *http.Request, upstream string, res affinit
 		return
 	}
 	fields := []zap.Field{
-		zap.String("policy", PolicyName),
-		zap.String("cookie", s.Name),
+		zap.String("policy", s.policy),
+		zap.String(s.carrier.kind(), s.Name),
 		zap.String("upstream", upstream),
 		zap.String("result", res.String()),
 	}

@@ -99,26 +99,31 @@ func (c *Core[U]) Select(pool []U, client netip.Addr, vars map[string]any, up Up
 		}
 		return NotIP
 	}
+	return c.SelectKey(pool, affinity.MaskClient(client, c.opts.IPv4Prefix, c.opts.IPv6Prefix), vars, up)
+}
+
+// SelectKey is Select for the client whose key is k, which is valid: an
+// address's (MaskClient) or a value's the client chose (NamedKey, for
+// sticky_header's hash mode).
+func (c *Core[U]) SelectKey(pool []U, k affinity.ClientKey, vars map[string]any, up Upstreams) int {
 	p := c.pools.Get(pool)
 	tried := c.tried(vars)
 	if tried == nil && c.sessions == nil && up.Skip == nil && up.Load == nil && !affinity.AnyDraining() {
 		// A first attempt by the pure hash whose upstream is available:
 		// what affinity.ChooseIP gives, without its general walk, which in
 		// a loaded server costs cache misses on every request.
-		h := affinity.HashAddr(client, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
-		if i := p.Table.Lookup(h); i >= 0 && up.Available(i) && !p.Stale(i, c.addr(pool[i])) {
+		if i := p.Table.Lookup(k.Hash()); i >= 0 && up.Available(i) && !p.Stale(i, c.addr(pool[i])) {
 			p.Counters[i].Record(affinity.ResultHit, affinity.ReasonNone)
-			c.done(vars, nil, pool[i], client, affinity.ResultHit)
+			c.done(vars, nil, pool[i], k, affinity.ResultHit)
 			return i
 		}
 	}
-	return c.choose(pool, p, client, tried, vars, up)
+	return c.choose(pool, p, k, tried, vars, up)
 }
 
 // choose is Select's general case: session tables, bounded loads,
 // draining, retries, unavailable upstreams, part of a pool.
-func (c *Core[U]) choose(pool []U, p *affinity.IPPool, client netip.Addr, tried []U, vars map[string]any, up Upstreams) int {
-	k := affinity.MaskClient(client, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
+func (c *Core[U]) choose(pool []U, p *affinity.IPPool, k affinity.ClientKey, tried []U, vars map[string]any, up Upstreams) int {
 	sessions := c.sessions
 	var now time.Time
 	if sessions != nil {
@@ -143,16 +148,15 @@ func (c *Core[U]) choose(pool []U, p *affinity.IPPool, client netip.Addr, tried 
 	if failed != nil && failed(i) {
 		tried = nil // a new round of the pool began
 	}
-	c.done(vars, tried, pool[i], client, res)
+	c.done(vars, tried, pool[i], k, res)
 	return i
 }
 
 // done remembers the upstream chosen for the request's next attempt and
 // logs the decision if it is to be logged.
-func (c *Core[U]) done(vars map[string]any, tried []U, up U, client netip.Addr, res affinity.Result) {
+func (c *Core[U]) done(vars map[string]any, tried []U, up U, k affinity.ClientKey, res affinity.Result) {
 	c.remember(vars, tried, up)
 	if table := c.sessions != nil; c.decision.Enabled(Notable(res, table)) {
-		k := affinity.MaskClient(client, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
 		LogDecision(c.decision, c.policy, k, c.addr(up), res, table)
 	}
 }
