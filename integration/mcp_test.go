@@ -1,0 +1,289 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// mcpServer is one stateful MCP server of the official Go SDK, serving
+// streamable HTTP on loopback: its sessions live in its memory, so a
+// request of a session that reaches another server gets a 404.
+type mcpServer struct {
+	name string
+	addr string
+	srv  *http.Server
+}
+
+func startMCPServer(t *testing.T, name string) *mcpServer {
+	t.Helper()
+	s := mcp.NewServer(&mcp.Implementation{Name: name, Version: "1.0"}, nil)
+	mcp.AddTool(s, &mcp.Tool{Name: "whoami", Description: "the server's name"},
+		func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: name}}}, nil, nil
+		})
+	type steps struct {
+		Steps int `json:"steps"`
+	}
+	mcp.AddTool(s, &mcp.Tool{Name: "progress", Description: "streams progress, then answers"},
+		func(ctx context.Context, req *mcp.CallToolRequest, in steps) (*mcp.CallToolResult, any, error) {
+			for i := 1; i <= in.Steps; i++ {
+				if err := req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{
+					ProgressToken: req.Params.GetProgressToken(), Progress: float64(i), Total: float64(in.Steps),
+				}); err != nil {
+					return nil, nil, err
+				}
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: name}}}, nil, nil
+		})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &mcpServer{name: name, addr: ln.Addr().String()}
+	m.srv = &http.Server{Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil)}
+	go m.srv.Serve(ln)
+	t.Cleanup(m.kill)
+	return m
+}
+
+// kill stops the server at once, its sessions with it.
+func (m *mcpServer) kill() { m.srv.Close() }
+
+// mcpRun is the outcome of a batch of client sessions.
+type mcpRun struct {
+	sessions, failed, reinitialized int
+	perServer                       map[string]int
+	progress                        int64
+	firstErr                        error
+}
+
+// mcpOpts shapes a batch of sessions.
+type mcpOpts struct {
+	sessions int
+	calls    int
+	// pause, if set, is called by every session after half its calls; the
+	// batch continues once it returns (to kill a server mid-run).
+	pause func()
+	// recover: a session whose server is gone initializes a new one and
+	// carries on, as the specification prescribes after a 404.
+	recover bool
+}
+
+// runMCPSessions runs o.sessions concurrent sessions of the SDK's client
+// against endpoint: initialize, list tools, o.calls tool calls that must
+// all reach the server the session started on, one tool that streams
+// progress notifications before its result, and DELETE.
+func runMCPSessions(t *testing.T, endpoint string, o mcpOpts) mcpRun {
+	t.Helper()
+	run := mcpRun{perServer: map[string]int{}}
+	var mu sync.Mutex
+	var progress atomic.Int64
+	client := mcp.NewClient(&mcp.Implementation{Name: "affinity-test", Version: "1.0"}, &mcp.ClientOptions{
+		ProgressNotificationHandler: func(context.Context, *mcp.ProgressNotificationClientRequest) { progress.Add(1) },
+	})
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	t.Cleanup(hc.CloseIdleConnections)
+	connect := func(ctx context.Context) (*mcp.ClientSession, string, error) {
+		// 2025-11-25: the session-based protocol (2026-07-28 is sessionless).
+		cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: hc, MaxRetries: -1},
+			&mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"})
+		if err != nil {
+			return nil, "", fmt.Errorf("initialize: %w", err)
+		}
+		if tools, err := cs.ListTools(ctx, nil); err != nil || len(tools.Tools) != 2 {
+			cs.Close()
+			return nil, "", fmt.Errorf("list tools: %v (%v)", err, tools)
+		}
+		who, err := callText(ctx, cs, &mcp.CallToolParams{Name: "whoami"})
+		if err != nil {
+			cs.Close()
+			return nil, "", err
+		}
+		return cs, who, nil
+	}
+	session := func(n int) (reinit bool, server string, err error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		arrived := false
+		defer func() {
+			// A session that ends early still counts as at the pause.
+			if o.pause != nil && !arrived {
+				o.pause()
+			}
+		}()
+		cs, home, err := connect(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		defer func() { cs.Close() }()
+		server = home
+		for i := range o.calls {
+			if i == o.calls/2 && o.pause != nil {
+				o.pause()
+				arrived = true
+			}
+			who, err := callText(ctx, cs, &mcp.CallToolParams{Name: "whoami"})
+			if err != nil && o.recover && !reinit {
+				cs.Close()
+				if cs, who, err = connect(ctx); err != nil {
+					return true, server, fmt.Errorf("re-initialize after %q: %w", home, err)
+				}
+				reinit, home = true, who
+			}
+			if err != nil {
+				return reinit, server, fmt.Errorf("call %d: %w", i, err)
+			}
+			if who != home {
+				return reinit, server, fmt.Errorf("call %d reached %s, the session is on %s", i, who, home)
+			}
+		}
+		p := &mcp.CallToolParams{Name: "progress", Arguments: map[string]any{"steps": 5}}
+		p.SetProgressToken(fmt.Sprintf("session-%d", n))
+		if who, err := callText(ctx, cs, p); err != nil || who != home {
+			return reinit, server, fmt.Errorf("progress tool: %q, %v", who, err)
+		}
+		return reinit, server, nil
+	}
+	var wg sync.WaitGroup
+	for n := range o.sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reinit, server, err := session(n)
+			mu.Lock()
+			defer mu.Unlock()
+			run.sessions++
+			if server != "" {
+				run.perServer[server]++
+			}
+			if reinit {
+				run.reinitialized++
+			}
+			if err != nil {
+				run.failed++
+				if run.firstErr == nil {
+					run.firstErr = err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	run.progress = progress.Load()
+	return run
+}
+
+// callText calls a tool and returns the text it answered.
+func callText(ctx context.Context, cs *mcp.ClientSession, p *mcp.CallToolParams) (string, error) {
+	res, err := cs.CallTool(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	if res.IsError || len(res.Content) != 1 {
+		return "", errors.New("tool error")
+	}
+	text, ok := res.Content[0].(*mcp.TextContent)
+	if !ok {
+		return "", errors.New("not text")
+	}
+	return text.Text, nil
+}
+
+// mcpSite is a Caddy site proxying to the MCP servers with policy.
+func mcpSite(port int, servers []*mcpServer, policy string) string {
+	addrs := make([]string, len(servers))
+	for i, s := range servers {
+		addrs[i] = s.addr
+	}
+	return fmt.Sprintf(`http://127.0.0.1:%d {
+	affinity
+	reverse_proxy %s {
+		%s
+		lb_retries 2
+		fail_duration 10s
+		flush_interval -1
+	}
+}
+`, port, strings.Join(addrs, " "), policy)
+}
+
+// Three stateful MCP servers of the official Go SDK behind the real Caddy,
+// 50 concurrent sessions of its client: with sticky_header every session
+// completes, each on one server, spread over all three. Killing one server
+// mid-run leaves the others' sessions untouched; its clients get a 404,
+// initialize again and carry on on a surviving server. Caddy's own header
+// and round_robin policies run the same sessions for comparison.
+func TestMCPSessionsStickyHeader(t *testing.T) {
+	servers := []*mcpServer{startMCPServer(t, "mcp-a"), startMCPServer(t, "mcp-b"), startMCPServer(t, "mcp-c")}
+	sticky := `lb_policy sticky_header Mcp-Session-Id {
+			secret mcp-test-secret-0123456789
+			fallback round_robin
+		}`
+	ports := []int{freePort(t), freePort(t), freePort(t)}
+	sites := mcpSite(ports[0], servers, sticky) +
+		mcpSite(ports[1], servers, "lb_policy header Mcp-Session-Id") +
+		mcpSite(ports[2], servers, "lb_policy round_robin")
+	waits := []string{}
+	for _, p := range ports {
+		waits = append(waits, fmt.Sprintf("127.0.0.1:%d", p))
+	}
+	c := startCaddy(t, sites, caddyOpts{wait: waits, level: "WARN"})
+	url := func(i int) string { return fmt.Sprintf("http://127.0.0.1:%d/mcp", ports[i]) }
+
+	const sessions, calls = 50, 20
+	run := runMCPSessions(t, url(0), mcpOpts{sessions: sessions, calls: calls})
+	t.Logf("sticky_header: %d sessions, %d failed, per server %v, %d progress notifications", run.sessions, run.failed, run.perServer, run.progress)
+	if run.failed != 0 {
+		t.Fatalf("sticky_header: %d of %d sessions failed; first: %v", run.failed, run.sessions, run.firstErr)
+	}
+	for _, s := range servers {
+		if n := run.perServer[s.name]; n*5 < sessions {
+			t.Errorf("%s got %d of %d sessions, want at least 20 %%", s.name, n, sessions)
+		}
+	}
+	if run.progress < int64(sessions*5) {
+		t.Errorf("%d progress notifications reached the clients, want %d", run.progress, sessions*5)
+	}
+
+	// For the README: Caddy's own policies with the same sessions.
+	for i, name := range []string{"header Mcp-Session-Id", "round_robin"} {
+		r := runMCPSessions(t, url(i+1), mcpOpts{sessions: sessions, calls: calls})
+		t.Logf("MCP sessions failed with lb_policy %s: %d of %d (first: %v)", name, r.failed, r.sessions, r.firstErr)
+		fmt.Printf("MCP sessions failed with lb_policy %s: %d of %d\n", name, r.failed, r.sessions)
+	}
+	fmt.Printf("MCP sessions failed with lb_policy sticky_header: %d of %d\n", run.failed, run.sessions)
+
+	// One server killed mid-run.
+	var once sync.Once
+	var paused sync.WaitGroup
+	paused.Add(sessions)
+	release := make(chan struct{})
+	victim := servers[1]
+	pause := func() {
+		paused.Done()
+		<-release
+	}
+	go func() {
+		paused.Wait()
+		once.Do(victim.kill)
+		close(release)
+	}()
+	run = runMCPSessions(t, url(0), mcpOpts{sessions: sessions, calls: calls, pause: pause, recover: true})
+	t.Logf("kill %s: %d sessions, %d failed, %d re-initialized, per server %v", victim.name, run.sessions, run.failed, run.reinitialized, run.perServer)
+	if run.failed != 0 {
+		t.Fatalf("with %s killed: %d sessions failed; first: %v\n%s", victim.name, run.failed, run.firstErr, c.logTail(20))
+	}
+	if run.reinitialized != run.perServer[victim.name] || run.reinitialized == 0 {
+		t.Fatalf("%d sessions re-initialized; %d were on the killed %s: want those, and only those",
+			run.reinitialized, run.perServer[victim.name], victim.name)
+	}
+}
