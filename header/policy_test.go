@@ -51,7 +51,7 @@ func request(header, value string) *http.Request {
 
 // serve runs one request through the affinity handler and the policy, as
 // Caddy would: the backend (mint) answers with its own header value.
-func serve(t *testing.T, s *StickyHeader, pool reverseproxy.UpstreamPool, r *http.Request, mint func(u *reverseproxy.Upstream) string) (*reverseproxy.Upstream, *httptest.ResponseRecorder) {
+func serve(t testing.TB, s *StickyHeader, pool reverseproxy.UpstreamPool, r *http.Request, mint func(u *reverseproxy.Upstream) string) (*reverseproxy.Upstream, *httptest.ResponseRecorder) {
 	t.Helper()
 	w := httptest.NewRecorder()
 	var chosen *reverseproxy.Upstream
