@@ -387,10 +387,10 @@ type reqState struct {
 	attempts int
 	triedArr [2]*reverseproxy.Upstream
 	tried    []*reverseproxy.Upstream
-	// The backend's own value (rewrite mode), hashed, when the request
-	// carries its cookie: routes the session while it has no valid token.
-	origHash uint64
-	hasOrig  bool
+	// The backend's own value (rewrite mode), when the request carries
+	// it: its hash routes the session while it has no valid token.
+	orig    string
+	hasOrig bool
 	// Set by the last selection, for rewrite mode's handler.
 	chosenID uint64
 	issued   uint32
@@ -473,7 +473,7 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 			// The backend's cookie without a valid token (expired, an
 			// old key, set before this config): the backend may never set
 			// it again, so route by its value, the same way each time.
-			up = s.pickStable(pool, st, st.origHash)
+			up = s.pickStable(pool, st, xxhash.Sum64String(st.orig))
 		default:
 			up = s.pickNew(pool, r, w, st)
 		}
@@ -619,7 +619,7 @@ func (st *reqState) consider(tok string) {
 // first one): it routes the session while it has no valid token.
 func (st *reqState) routed(orig string) {
 	if !st.hasOrig {
-		st.origHash, st.hasOrig = xxhash.Sum64String(orig), true
+		st.orig, st.hasOrig = orig, true
 	}
 }
 

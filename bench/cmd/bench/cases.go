@@ -14,6 +14,7 @@ const (
 	kindInsert              // the proxy sets its own cookie
 	kindRewrite             // the proxy rewrites the backend's cookie
 	kindIP                  // one client address, one backend
+	kindHeader              // the proxy rewrites the header the backend sets
 )
 
 // benchCase is one load-balancer configuration under test.
@@ -22,7 +23,7 @@ type benchCase struct {
 	Name   string // name in the tables
 	Server string // "caddy" or "haproxy"
 	Kind   kind
-	Cookie string // cookie wrk sends back, "" for none
+	Cookie string // cookie wrk sends back, "" for none; "header:<name>" for a header
 	Path   string // request path; the backends set their cookie under /app
 	// Policy is the case's part of the configuration: the lines inside
 	// reverse_proxy for Caddy, of the backend section for HAProxy.
@@ -38,6 +39,10 @@ type benchCase struct {
 	checked string   // what the pre-check saw
 	samples []sample // one per round
 }
+
+// sessionHeader is the header the backends set under /hdr, as an MCP
+// server sets Mcp-Session-Id.
+const sessionHeader = "X-Session"
 
 // baselineID is the case every ratio is computed against.
 const baselineID = "round_robin"
@@ -57,6 +62,8 @@ func allCases() []*benchCase {
 			Policy: "lb_policy sticky_cookie affinity {\n\t\t\tsecret " + secret + "\n\t\t}"},
 		{ID: "sticky_rewrite", Name: "sticky_cookie rewrite", Server: "caddy", Kind: kindRewrite, Cookie: "name", Path: "/app",
 			Policy: "lb_policy sticky_cookie name {\n\t\t\tmode rewrite\n\t\t\tsecret " + secret + "\n\t\t}"},
+		{ID: "sticky_header", Name: "sticky_header rewrite", Server: "caddy", Kind: kindHeader, Cookie: "header:" + sessionHeader, Path: "/hdr",
+			Policy: "lb_policy sticky_header " + sessionHeader + " {\n\t\t\tsecret " + secret + "\n\t\t}"},
 		{ID: "client_ip_hash", Name: "Caddy client_ip_hash", Server: "caddy", Kind: kindIP, Path: "/",
 			Policy: "lb_policy client_ip_hash", Expect: rendezvous},
 		{ID: "ip_affinity", Name: "ip_affinity", Server: "caddy", Kind: kindIP, Path: "/",

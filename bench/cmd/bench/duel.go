@@ -25,8 +25,9 @@ type duelRound struct {
 }
 
 // duelPairs are the duels make bench runs: each plugin policy against the
-// Caddy policy its target names.
-var duelPairs = [][2]string{{"ip_affinity", "client_ip_hash"}, {"sticky_insert", "cookie"}}
+// policy its target names (Caddy's, or sticky_cookie insert for
+// sticky_header).
+var duelPairs = [][2]string{{"ip_affinity", "client_ip_hash"}, {"sticky_insert", "cookie"}, {"sticky_header", "sticky_insert"}}
 
 // runDuels runs every duel whose two cases are selected, rounds times for d.
 func runDuels(ctx context.Context, c config, w wrkRunner, admin string, cases []*benchCase) ([]*duel, error) {

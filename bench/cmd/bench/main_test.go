@@ -62,8 +62,8 @@ func TestCaddyfile(t *testing.T) {
 			t.Errorf("Caddyfile lacks %q:\n%s", want, cfg)
 		}
 	}
-	if strings.Count(cfg, "\taffinity\n") != 1 {
-		t.Error("the affinity directive belongs to the rewrite site only")
+	if strings.Count(cfg, "\taffinity\n") != 2 {
+		t.Error("the affinity directive belongs to the two rewrite sites (cookie and header) only")
 	}
 	if strings.Contains(cfg, "select_timer") {
 		t.Error("select_timer without the timer")

@@ -35,22 +35,28 @@ func newCheckClient() *checkClient {
 
 // reply is what the pre-check needs of a response.
 type reply struct {
-	backend   string
-	setCookie []string
-	seen      string // Cookie header the backend received (with ?echo)
+	backend    string
+	setCookie  []string
+	seen       string // Cookie header the backend received (with ?echo)
+	session    string // the X-Session header of the response
+	seenHeader string // X-Session header the backend received (with ?echo)
 }
 
-func (c *checkClient) get(url string) (reply, error) { return c.getFrom(url, "") }
+func (c *checkClient) get(url string) (reply, error) { return c.getFrom(url, "", "") }
 
 // getFrom is get from the client address xff, sent in X-Forwarded-For as
-// wrk sends it ("" for none).
-func (c *checkClient) getFrom(url, xff string) (reply, error) {
+// wrk sends it ("" for none), with the X-Session header session ("" for
+// none).
+func (c *checkClient) getFrom(url, xff, session string) (reply, error) {
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		return reply{}, err
 	}
 	if xff != "" {
 		req.Header.Set("X-Forwarded-For", xff)
+	}
+	if session != "" {
+		req.Header.Set(sessionHeader, session)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -60,7 +66,8 @@ func (c *checkClient) getFrom(url, xff string) (reply, error) {
 	if resp.StatusCode != http.StatusOK {
 		return reply{}, fmt.Errorf("GET %s: status %s", url, resp.Status)
 	}
-	r := reply{backend: resp.Header.Get("X-Backend"), setCookie: resp.Header.Values("Set-Cookie"), seen: resp.Header.Get("X-Cookie-Seen")}
+	r := reply{backend: resp.Header.Get("X-Backend"), setCookie: resp.Header.Values("Set-Cookie"), seen: resp.Header.Get("X-Cookie-Seen"),
+		session: resp.Header.Get(sessionHeader), seenHeader: resp.Header.Get("X-Header-Seen")}
 	if r.backend == "" {
 		return reply{}, fmt.Errorf("GET %s: no X-Backend header", url)
 	}
@@ -117,6 +124,36 @@ func precheck(k *benchCase, bs *backends) error {
 		}
 		k.checked = fmt.Sprintf("%d clients x %d requests stuck, over %d backends", checkClients, checkRequests, len(seen))
 
+	case kindHeader:
+		c := newCheckClient()
+		for range checkClients {
+			first, err := c.get(url)
+			if err != nil {
+				return err
+			}
+			want := first.backend + "xxxx"
+			if !strings.HasSuffix(first.session, "~"+want) {
+				return fmt.Errorf("first response from %s has %s %q, want TOKEN~%s", first.backend, sessionHeader, first.session, want)
+			}
+			for i := 1; i < checkRequests; i++ {
+				r, err := c.getFrom(url, "", first.session)
+				if err != nil {
+					return err
+				}
+				if r.backend != first.backend {
+					return fmt.Errorf("client moved from %s to %s on request %d despite its header %q", first.backend, r.backend, i+1, first.session)
+				}
+				if r.seenHeader != want {
+					return fmt.Errorf("backend %s received %s %q, want %q (rewrite not undone)", r.backend, sessionHeader, r.seenHeader, want)
+				}
+			}
+			seen[first.backend]++
+		}
+		if len(seen) < 2 {
+			return fmt.Errorf("%d new clients all went to %v: not balancing", checkClients, seen)
+		}
+		k.checked = fmt.Sprintf("%d clients x %d requests stuck by their header, over %d backends", checkClients, checkRequests, len(seen))
+
 	case kindIP:
 		// The clients wrk simulates, by X-Forwarded-For from loopback.
 		c := newCheckClient()
@@ -128,7 +165,7 @@ func precheck(k *benchCase, bs *backends) error {
 			}
 			first := ""
 			for range checkRequests {
-				r, err := c.getFrom(url, ip)
+				r, err := c.getFrom(url, ip, "")
 				if err != nil {
 					return err
 				}

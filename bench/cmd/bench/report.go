@@ -295,6 +295,7 @@ func (r *results) targets() []target {
 	ratio("ip_affinity", "client_ip_hash", 1.0)
 	selection("ip_affinity", "client_ip_hash")
 	p99("ip_affinity")
+	selection("sticky_header", "sticky_insert")
 	mib := float64(r.mem.IPv4) / (1 << 20)
 	mem := target{
 		Goal:     "1M-entry session table <= 64 MiB",
@@ -505,7 +506,7 @@ func markdown(r *results) string {
 		x, y := r.ratios(k)
 		cfg := strings.ReplaceAll(strings.Join(strings.Fields(strings.ReplaceAll(k.Policy, "\n", " ; ")), " "), "{ ;", "{")
 		cfg = strings.ReplaceAll(strings.ReplaceAll(cfg, "; }", "}"), secret, "<secret>")
-		if k.Kind == kindRewrite {
+		if k.Kind == kindRewrite || k.Kind == kindHeader {
 			cfg = "affinity ; " + cfg
 		}
 		p("| %s | `%s` | %.0f | %.2f | %.2f | %.3f | %.3f | %.0f-%.0f | %.1f µs | %s | %.0f %% |\n", k.Name, cfg, s.RPS, ms(s.P50), ms(s.P99), x, y, s.MinRPS, s.MaxRPS, us(s.ProxyCPU), selectionNS(s), s.Foreign)

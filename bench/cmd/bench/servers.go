@@ -38,6 +38,7 @@ func startBackends(n int) (*backends, error) {
 		}
 		body := []byte(name + "\n")
 		setCookie := []string{"name=" + name + "xxxx"}
+		session := []string{name + "xxxx"}
 		backend := []string{name}
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			h := w.Header()
@@ -47,8 +48,12 @@ func startBackends(n int) (*backends, error) {
 			if strings.HasPrefix(r.URL.Path, "/app") {
 				h["Set-Cookie"] = setCookie
 			}
+			if strings.HasPrefix(r.URL.Path, "/hdr") {
+				h[sessionHeader] = session
+			}
 			if r.URL.RawQuery == "echo" {
 				h.Set("X-Cookie-Seen", strings.Join(r.Header.Values("Cookie"), "; "))
+				h.Set("X-Header-Seen", r.Header.Get(sessionHeader))
 			}
 			w.Write(body)
 		}), ReadHeaderTimeout: 10 * time.Second}
@@ -197,7 +202,7 @@ func caddyfile(admin, storage string, cases []*benchCase, upstreams []string, ti
 `, admin, storage)
 	for _, k := range cases {
 		directive := ""
-		if k.Kind == kindRewrite {
+		if k.Kind == kindRewrite || k.Kind == kindHeader {
 			directive = "\taffinity\n"
 		}
 		policy := k.Policy

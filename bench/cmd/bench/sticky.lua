@@ -16,10 +16,14 @@
 -- IP cases see many clients spread over the backends, as in production,
 -- not the one loopback address wrk connects from.
 --
+-- A name "header:<name>" makes the script do the same with a response
+-- header instead: the first <pool> responses that carry it each become one
+-- client's, echoed as that header (as an MCP client echoes Mcp-Session-Id).
+--
 -- Arguments (after --): <cookie name> <pool size> <path> <addresses>
 -- done() prints one machine-readable line starting with "BENCH".
 
-local name, prefix, size, path
+local name, prefix, size, path, hname
 local plain = {} -- the requests without a cookie, one per client address
 local pool = {}  -- one formatted request per simulated cookie client
 local n, i, j = 0, 0, 0
@@ -36,6 +40,9 @@ late = 0 -- responses setting the cookie after the pool was full
 function init(args)
 	name = args[1] or ""
 	prefix = name .. "="
+	if name:sub(1, 7) == "header:" then
+		hname = name:sub(8)
+	end
 	size = tonumber(args[2]) or 32
 	path = args[3] or "/"
 	for a = 1, tonumber(args[4]) or 256 do
@@ -57,18 +64,28 @@ function response(status, headers, body)
 	if name == "" then
 		return
 	end
-	-- HAProxy writes header names in lower case, Go's servers in
-	-- canonical case; wrk keeps the last of repeated headers.
-	local sc = headers["Set-Cookie"] or headers["set-cookie"]
-	if sc == nil or sc:sub(1, #prefix) ~= prefix then
-		return
+	local v, h
+	if hname then
+		v = headers[hname] or headers[hname:lower()]
+		if v == nil then
+			return
+		end
+		h = { [hname] = v, ["X-Forwarded-For"] = xff(n + 1) }
+	else
+		-- HAProxy writes header names in lower case, Go's servers in
+		-- canonical case; wrk keeps the last of repeated headers.
+		local sc = headers["Set-Cookie"] or headers["set-cookie"]
+		if sc == nil or sc:sub(1, #prefix) ~= prefix then
+			return
+		end
+		h = { Cookie = sc:match("^[^;]*"), ["X-Forwarded-For"] = xff(n + 1) }
 	end
 	if n >= size then
 		late = late + 1
 		return
 	end
 	n = n + 1
-	pool[n] = wrk.format("GET", path, { Cookie = sc:match("^[^;]*"), ["X-Forwarded-For"] = xff(n) })
+	pool[n] = wrk.format("GET", path, h)
 end
 
 local threads = {}
