@@ -22,6 +22,9 @@ type mcpServer struct {
 	name string
 	addr string
 	srv  *http.Server
+	// DELETEs that ended a session here, and those for a session it did
+	// not know.
+	deleted, deleteMissed atomic.Int64
 }
 
 func startMCPServer(t *testing.T, name string) *mcpServer {
@@ -50,10 +53,43 @@ func startMCPServer(t *testing.T, name string) *mcpServer {
 		t.Fatal(err)
 	}
 	m := &mcpServer{name: name, addr: ln.Addr().String()}
-	m.srv = &http.Server{Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil)}
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil)
+	m.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodDelete {
+			h.ServeHTTP(w, r)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		if sw.status < 300 {
+			m.deleted.Add(1)
+		} else {
+			m.deleteMissed.Add(1)
+		}
+	})}
 	go m.srv.Serve(ln)
 	t.Cleanup(m.kill)
 	return m
+}
+
+// statusWriter remembers the status of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// deletes returns the DELETEs the servers took and missed.
+func deletes(servers []*mcpServer) (ok, missed int64) {
+	for _, s := range servers {
+		ok += s.deleted.Load()
+		missed += s.deleteMissed.Load()
+	}
+	return ok, missed
 }
 
 // kill stops the server at once, its sessions with it.
@@ -77,6 +113,8 @@ type mcpOpts struct {
 	// recover: a session whose server is gone initializes a new one and
 	// carries on, as the specification prescribes after a 404.
 	recover bool
+	// h2c: the client speaks HTTP/2 without TLS.
+	h2c bool
 }
 
 // runMCPSessions runs o.sessions concurrent sessions of the SDK's client
@@ -91,7 +129,12 @@ func runMCPSessions(t *testing.T, endpoint string, o mcpOpts) mcpRun {
 	client := mcp.NewClient(&mcp.Implementation{Name: "affinity-test", Version: "1.0"}, &mcp.ClientOptions{
 		ProgressNotificationHandler: func(context.Context, *mcp.ProgressNotificationClientRequest) { progress.Add(1) },
 	})
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	if o.h2c {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	}
+	hc := &http.Client{Transport: tr}
 	t.Cleanup(hc.CloseIdleConnections)
 	connect := func(ctx context.Context) (*mcp.ClientSession, string, error) {
 		// 2025-11-25: the session-based protocol (2026-07-28 is sessionless).
@@ -236,7 +279,7 @@ func TestMCPSessionsStickyHeader(t *testing.T) {
 	for _, p := range ports {
 		waits = append(waits, fmt.Sprintf("127.0.0.1:%d", p))
 	}
-	c := startCaddy(t, sites, caddyOpts{wait: waits, level: "WARN"})
+	c := startCaddy(t, sites, caddyOpts{wait: waits, level: "WARN", global: "\tservers {\n\t\tprotocols h1 h2c\n\t}"})
 	url := func(i int) string { return fmt.Sprintf("http://127.0.0.1:%d/mcp", ports[i]) }
 
 	const sessions, calls = 50, 20
@@ -252,6 +295,17 @@ func TestMCPSessionsStickyHeader(t *testing.T) {
 	}
 	if run.progress < int64(sessions*5) {
 		t.Errorf("%d progress notifications reached the clients, want %d", run.progress, sessions*5)
+	}
+	// Close sends DELETE and does not look at the answer: the servers do.
+	if ok, missed := deletes(servers); ok != sessions || missed != 0 {
+		t.Errorf("DELETE ended %d sessions on their server and missed %d; want %d and 0", ok, missed, sessions)
+	}
+
+	// The same over HTTP/2 without TLS (h2c).
+	h2 := runMCPSessions(t, url(0), mcpOpts{sessions: sessions, calls: calls, h2c: true})
+	t.Logf("sticky_header over h2c: %d sessions, %d failed, per server %v, %d progress notifications", h2.sessions, h2.failed, h2.perServer, h2.progress)
+	if h2.failed != 0 || h2.progress < int64(sessions*5) {
+		t.Fatalf("sticky_header over h2c: %d of %d sessions failed (first: %v), %d progress notifications", h2.failed, h2.sessions, h2.firstErr, h2.progress)
 	}
 
 	// For the README: Caddy's own policies with the same sessions.
