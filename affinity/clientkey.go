@@ -46,6 +46,13 @@ func NamedKey(value string) ClientKey {
 
 const namedSeed = 0x6166_6669_6e69_7479 // "affinity"
 
+// namedKeyOf is the named key made of the first 16 bytes of digest.
+func namedKeyOf(digest []byte) ClientKey {
+	k := ClientKey{fam: famNamed, bits: 128}
+	copy(k.addr[:], digest)
+	return k
+}
+
 // MaskClient returns the key of the client at ip: the address masked to
 // v4bits if it is IPv4 (including IPv4-mapped IPv6, ::ffff:a.b.c.d) or to
 // v6bits otherwise. Its zone is ignored. A prefix length of zero or less

@@ -85,6 +85,21 @@ func (k *Keyring) UpstreamID(i int, addr string) uint64 {
 	return binary.BigEndian.Uint64(b[:])
 }
 
+// ValueKey is the session-table key of a value a backend minted (a session
+// cookie or header that learn mode records) under key i: 128 bits of
+// HMAC(key, context, value). A table, or a store a fleet shares, holds
+// that, never the value, which is a credential.
+func (k *Keyring) ValueKey(i int, value string) ClientKey {
+	st := k.pool.Get().(*macState)
+	defer k.pool.Put(st)
+	h := st.hs[i]
+	h.Reset()
+	h.Write(k.context)
+	h.Write([]byte("value\x00"))
+	h.Write([]byte(value))
+	return namedKeyOf(h.Sum(st.sum[:0]))
+}
+
 // mac writes the truncated MAC of msg under key i into out, which must hold
 // macBytes. msg must be one of st's buffers.
 func (k *Keyring) mac(st *macState, i int, msg []byte, out []byte) {

@@ -11,11 +11,12 @@ import (
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
 //
 //	lb_policy sticky_cookie [<name>] {
-//		mode           insert|rewrite
+//		mode           insert|rewrite|learn
 //		secret         <key> [<key>...]
 //		max_age        <duration>
 //		idle_timeout   <duration>
 //		max_lifetime   <duration>
+//		max_sessions   <count|size>
 //		path           <path>
 //		domain         <domain>
 //		secure         auto|always|never
@@ -46,7 +47,7 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "mode":
-			s.Mode, err = parse.Enum(d, ModeInsert, ModeRewrite)
+			s.Mode, err = parse.Enum(d, ModeInsert, ModeRewrite, ModeLearn)
 		case "secret", "secrets":
 			s.Secrets, err = ParseSecrets(d, seen)
 		case "max_age":
@@ -74,6 +75,8 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			s.ForwardCookie, err = parse.OnOff(d)
 		case "nocache":
 			s.NoCache, err = parse.OnOff(d)
+		case "max_sessions":
+			s.MaxSessions, s.MaxSessionsBytes, err = parse.CountOrSize(d)
 		case "fallback":
 			s.FallbackRaw, err = parse.Module(d, "http.reverse_proxy.selection_policies", "policy")
 		case "on_failure":

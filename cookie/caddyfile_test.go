@@ -132,6 +132,10 @@ func TestUnmarshalCaddyfileFallback(t *testing.T) {
 func TestUnmarshalCaddyfileErrors(t *testing.T) {
 	testutil.CheckParseErrors(t, func(in string) error { _, err := parseCaddyfile(in); return err }, []testutil.ParseError{
 		{Name: "unknown option", Input: "sticky_cookie {\n\tmode insert\n\tbogus 1\n}", Want: []string{"unrecognized option 'bogus'", "Testfile:3"}},
+		{Name: "learn without a name", Input: "sticky_cookie {\n\tmode learn\n}", Want: []string{"name: learn mode needs the name of the cookie the backend sets"}},
+		{Name: "path in learn mode", Input: "sticky_cookie JSESSIONID {\n\tmode learn\n\tpath /app\n}", Want: []string{"path: applies to insert mode only; in learn mode", "Testfile:3"}},
+		{Name: "max_lifetime in learn mode", Input: "sticky_cookie JSESSIONID {\n\tmode learn\n\tmax_lifetime 1h\n}", Want: []string{"max_lifetime: not available in learn mode", "Testfile:3"}},
+		{Name: "max_sessions in insert mode", Input: "sticky_cookie {\n\tmax_sessions 10\n}", Want: []string{"max_sessions: applies to learn mode only", "Testfile:2"}},
 		{Name: "duplicate option", Input: "sticky_cookie {\n\tmode insert\n\tmode insert\n}", Want: []string{"mode: option given more than once", "Testfile:3"}},
 		{Name: "duplicate secret", Input: "sticky_cookie {\n\tsecret a-secret-of-16-bytes\n\tsecret b-secret-of-16-bytes\n}", Want: []string{"secret: option given more than once", "Testfile:3"}},
 		{Name: "duplicate secret through its alias", Input: "sticky_cookie {\n\tsecret a-secret-of-16-bytes\n\tsecrets b-secret-of-16-bytes\n}", Want: []string{"more than once", "Testfile:3"}},
@@ -139,7 +143,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{Name: "missing enum value", Input: "sticky_cookie {\n\tmode\n}", Want: []string{"mode: expected a value", "Testfile:2"}},
 		{Name: "extra value", Input: "sticky_cookie {\n\tpath / /x\n}", Want: []string{"path: expected one value, got extra '/x'", "Testfile:2"}},
 		{Name: "extra duration", Input: "sticky_cookie {\n\tidle_timeout 1m 2m\n}", Want: []string{"idle_timeout: expected one value", "Testfile:2"}},
-		{Name: "bad mode", Input: "sticky_cookie {\n\tmode prefix\n}", Want: []string{"mode: expected one of insert, rewrite, got 'prefix'", "Testfile:2"}},
+		{Name: "bad mode", Input: "sticky_cookie {\n\tmode prefix\n}", Want: []string{"mode: expected one of insert, rewrite, learn, got 'prefix'", "Testfile:2"}},
 		{Name: "bad secure", Input: "sticky_cookie {\n\tsecure maybe\n}", Want: []string{"secure: expected one of auto, always, never", "Testfile:2"}},
 		{Name: "bad same_site", Input: "sticky_cookie {\n\tsame_site lenient\n}", Want: []string{"same_site: expected one of", "'lenient'", "Testfile:2"}},
 		{Name: "bad on_failure", Input: "sticky_cookie {\n\ton_failure retry\n}", Want: []string{"on_failure: expected one of rebind, strict", "Testfile:2"}},

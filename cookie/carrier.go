@@ -21,6 +21,9 @@ type carrier interface {
 	// rewrite prefixes the backend's value in the response header h with
 	// the route token of st's last selection (rewrite mode).
 	rewrite(h http.Header, st *reqState, now time.Time)
+	// learned calls fn with each value the response header h sets, and
+	// whether it deletes it (learn mode).
+	learned(h http.Header, now time.Time, fn func(value string, deleted bool))
 	// kind names the carrier in logs ("cookie" or "header"); domain
 	// separates its keys from the other's.
 	kind() string
@@ -40,6 +43,13 @@ func (c cookieCarrier) read(r *http.Request, st *reqState) {
 	}
 	s := c.s
 	switch {
+	case s.learn:
+		// The value is the backend's and stays as it is.
+		EachValue(lines, s.Name, func(v string) bool {
+			st.consider(v)
+			return !st.valid
+		})
+		return
 	case s.rewrite:
 		lines = EditLines(lines, s.Name, func(v string) (string, bool, bool) {
 			tok, orig, ok := SplitRouted(v)
@@ -84,6 +94,14 @@ func (c cookieCarrier) insert(w http.ResponseWriter, secure bool, token []byte) 
 	}
 }
 
+func (c cookieCarrier) learned(h http.Header, now time.Time, fn func(string, bool)) {
+	for _, l := range h["Set-Cookie"] {
+		if v, deleted, ok := SetCookieValue(l, c.s.Name, now); ok {
+			fn(v, deleted)
+		}
+	}
+}
+
 func (c cookieCarrier) rewrite(h http.Header, st *reqState, now time.Time) {
 	lines := h["Set-Cookie"]
 	token := ""
@@ -112,7 +130,14 @@ func (c headerCarrier) read(r *http.Request, st *reqState) {
 	if len(values) == 0 {
 		return
 	}
-	if !st.policy.rewrite {
+	switch {
+	case st.policy.learn:
+		// The value is the backend's and stays as it is.
+		for _, v := range values {
+			st.consider(v)
+		}
+		return
+	case !st.policy.rewrite:
 		for _, v := range values {
 			st.consider(v)
 		}
@@ -132,6 +157,14 @@ func (c headerCarrier) read(r *http.Request, st *reqState) {
 
 func (c headerCarrier) insert(w http.ResponseWriter, _ bool, token []byte) {
 	w.Header()[c.name] = []string{string(token)}
+}
+
+func (c headerCarrier) learned(h http.Header, _ time.Time, fn func(string, bool)) {
+	for _, v := range h[c.name] {
+		if v != "" {
+			fn(v, false)
+		}
+	}
 }
 
 func (c headerCarrier) rewrite(h http.Header, st *reqState, _ time.Time) {

@@ -82,7 +82,7 @@ func (s *StickyCookie) attachToHandler(vars map[string]any, st *reqState) {
 		return
 	}
 	s.noHandler.Do(func() {
-		s.logger.Error(s.policy+" in rewrite mode needs the affinity handler before reverse_proxy; "+
+		s.logger.Error(s.policy+" in "+s.Mode+" mode needs the affinity handler before reverse_proxy; "+
 			"add the 'affinity' directive to the site block (or an http.handlers.affinity handler to the route). "+
 			"Proxying without stickiness until then",
 			zap.String(s.carrier.kind(), s.Name))
@@ -110,7 +110,11 @@ func (rw *rewriter) rewrite() {
 	}
 	h, now := rw.Header(), time.Now()
 	for _, st := range rw.states {
-		if st.chosenID != 0 {
+		switch {
+		case st.chosenID == 0:
+		case st.policy.learn:
+			st.learn(h, now)
+		default:
 			st.policy.carrier.rewrite(h, st, now)
 		}
 	}

@@ -358,3 +358,43 @@ func TestHandlerWithoutVars(t *testing.T) {
 		t.Fatalf("err %v, body %q, header %v", err, rec.Body.String(), rec.Header())
 	}
 }
+
+// Learn mode: the backend's cookie reaches the client byte for byte, later
+// requests carrying it return to the upstream that set it, and a response
+// that deletes it makes Caddy forget it.
+func TestLearnCookie(t *testing.T) {
+	s := provision(t, &StickyCookie{Mode: ModeLearn, Name: "JSESSIONID", FallbackRaw: fallback("round_robin")})
+	pool := testPool(3)
+	const line = `JSESSIONID="8159697f.661184c1247cb"; Path=/; HttpOnly`
+	rec := httptest.NewRecorder()
+	home := serveThrough(t, s, pool, rec, newRequest(), 1, func(w http.ResponseWriter, r *http.Request) {
+		setBackendCookies(w, line)
+		w.WriteHeader(http.StatusOK)
+	})
+	if got := rec.Result().Header["Set-Cookie"]; len(got) != 1 || got[0] != line {
+		t.Fatalf("Set-Cookie = %q, want the backend's %q unchanged", got, line)
+	}
+	for i := range 20 {
+		r := newRequest()
+		r.Header.Set("Cookie", `a=1; JSESSIONID="8159697f.661184c1247cb"`)
+		up := serveThrough(t, s, pool, httptest.NewRecorder(), r, 1, func(http.ResponseWriter, *http.Request) {})
+		if up != home {
+			t.Fatalf("request %d went to %v, want %v", i, up, home)
+		}
+		if got := r.Header.Get("Cookie"); got != `a=1; JSESSIONID="8159697f.661184c1247cb"` {
+			t.Fatalf("the backend got Cookie %q, want the client's unchanged", got)
+		}
+	}
+	if n := len(s.LearnedSessions()); n != 1 {
+		t.Fatalf("%d learned sessions, want 1", n)
+	}
+	r := newRequest()
+	r.Header.Set("Cookie", `JSESSIONID="8159697f.661184c1247cb"`)
+	serveThrough(t, s, pool, httptest.NewRecorder(), r, 1, func(w http.ResponseWriter, r *http.Request) {
+		setBackendCookies(w, "JSESSIONID=; Max-Age=0; Path=/")
+		w.WriteHeader(http.StatusOK)
+	})
+	if n := len(s.LearnedSessions()); n != 0 {
+		t.Fatalf("%d learned sessions after the backend deleted its cookie, want 0", n)
+	}
+}

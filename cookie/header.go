@@ -276,6 +276,22 @@ func SetCookieName(line string) string {
 	return n
 }
 
+// SetCookieValue returns the value (quotes removed) of a Set-Cookie line
+// for cookie name, and whether the line deletes the cookie (Max-Age <= 0,
+// or an Expires before now); ok is false for a line of another cookie.
+func SetCookieValue(line, name string, now time.Time) (value string, deleted, ok bool) {
+	end := strings.IndexByte(line, ';')
+	if end < 0 {
+		end = len(line)
+	}
+	n, v, found := splitPair(line[:end])
+	if !found || n != name {
+		return "", false, false
+	}
+	v, _ = unquote(v)
+	return v, deletes(line[end:], now), true
+}
+
 // RewriteSetCookie returns the Set-Cookie line with the value of cookie
 // name prefixed by token and Separator. Every attribute and every byte
 // outside the value is kept as the backend wrote it. A line for another

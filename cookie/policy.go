@@ -23,6 +23,7 @@ import (
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	"github.com/caddy-affinity/caddy-affinity/internal/caddyutil"
 	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
+	"github.com/caddy-affinity/caddy-affinity/ipaffinity"
 )
 
 func init() {
@@ -36,7 +37,12 @@ const PolicyName = "sticky_cookie"
 const (
 	ModeInsert  = "insert"
 	ModeRewrite = "rewrite"
+	ModeLearn   = "learn"
 )
+
+// DefaultLearnIdle is how long learn mode remembers a value no request
+// carried.
+const DefaultLearnIdle = 30 * time.Minute
 
 // StickyCookie is a selection policy that keeps each client on one upstream
 // with a signed cookie.
@@ -55,8 +61,10 @@ const (
 // idle too long, or naming an upstream no longer in the pool) counts as
 // absent: never an error status.
 type StickyCookie struct {
-	// How the cookie is made: `insert` (Caddy sets its own cookie) or
-	// `rewrite` (Caddy rewrites the cookie the backend sets). Default: insert.
+	// How the cookie is made: `insert` (Caddy sets its own cookie),
+	// `rewrite` (Caddy rewrites the cookie the backend sets) or `learn`
+	// (Caddy records the value the backend sets and routes by it, leaving
+	// it unchanged). Default: insert.
 	Mode string `json:"mode,omitempty"`
 
 	// The cookie name. Default: `affinity` in insert mode; required in
@@ -75,10 +83,20 @@ type StickyCookie struct {
 	// The cookie's Max-Age (insert mode). Default: none, a session cookie.
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
 
-	// A sliding, server-side idle timeout (insert mode): a cookie not
-	// refreshed within it counts as absent. The cookie is re-issued once it
-	// has aged a quarter of the timeout. Default: none.
+	// A sliding, server-side idle timeout: in insert mode a cookie not
+	// refreshed within it counts as absent, and the cookie is re-issued
+	// once it has aged a quarter of the timeout (default: none); in learn
+	// mode a learned value no request carried for that long is forgotten
+	// (default: 30m).
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+
+	// Bound of learn mode's table of learned values, in entries; when it
+	// is full the least recently used is forgotten. Default: 100000.
+	MaxSessions int `json:"max_sessions,omitempty"`
+
+	// Bound of that table as a memory size in bytes; overrides
+	// max_sessions.
+	MaxSessionsBytes uint64 `json:"max_sessions_bytes,omitempty"`
 
 	// The absolute lifetime of a binding, checked on the server against the
 	// signed issue time, in both modes. Default: none.
@@ -135,6 +153,8 @@ type StickyCookie struct {
 	life      affinity.Lifetimes
 	attrs     Attrs
 	rewrite   bool
+	learn     bool
+	learned   ipaffinity.Config // learn mode's table, kept across reloads
 	strict    bool
 	varKey    string
 	pools     affinity.PoolCache[*reverseproxy.Upstream, poolState]
@@ -149,6 +169,7 @@ type poolState struct {
 	addrs    []string
 	index    *affinity.Index
 	counters []*affinity.Counters
+	names    map[uint64]int // learn mode: AddrHash -> position
 }
 
 // CaddyModule returns the Caddy module information.
@@ -207,8 +228,17 @@ func (s *StickyCookie) ProvisionHeader(ctx caddy.Context, policy string) error {
 // setup is what both carriers provision alike.
 func (s *StickyCookie) setup(ctx caddy.Context, policy string, c carrier) error {
 	s.policy, s.carrier = policy, c
-	s.rewrite = s.Mode == ModeRewrite
+	s.rewrite, s.learn = s.Mode == ModeRewrite, s.Mode == ModeLearn
 	s.strict = s.OnFailure == "strict"
+	if s.learn {
+		if s.IdleTimeout == 0 {
+			s.IdleTimeout = caddy.Duration(DefaultLearnIdle)
+		}
+		s.learned = ipaffinity.Config{PersistTimeout: s.IdleTimeout, MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes}
+		if err := s.learned.Provision(ctx, policy, "learn="+c.kind()+":"+s.Name); err != nil {
+			return err
+		}
+	}
 	s.life = affinity.Lifetimes{MaxLifetime: time.Duration(s.MaxLifetime), IdleTimeout: time.Duration(s.IdleTimeout)}
 	s.attrs = Attrs{
 		Path:     s.Path,
@@ -248,6 +278,12 @@ func (s *StickyCookie) setup(ctx caddy.Context, policy string, c carrier) error 
 		for i, a := range addrs {
 			ps.counters[i] = affinity.CountersFor(policy, a)
 		}
+		if s.learn {
+			ps.names = make(map[uint64]int, len(addrs))
+			for i := len(addrs) - 1; i >= 0; i-- { // the first of duplicates wins
+				ps.names[affinity.AddrHash(addrs[i])] = i
+			}
+		}
 		return ps
 	}
 	s.pools.Drop = func(ps *poolState) { affinity.Release(policy, ps.addrs...) }
@@ -258,7 +294,7 @@ func (s *StickyCookie) setup(ctx caddy.Context, policy string, c carrier) error 
 func (s *StickyCookie) Cleanup() error {
 	s.pools.Close()
 	affinity.Release(s.policy, s.static...)
-	return nil
+	return s.learned.Cleanup()
 }
 
 // validate checks the configuration as given: unset options count as their
@@ -270,12 +306,12 @@ func (s *StickyCookie) validate() error {
 	switch mode {
 	case "":
 		mode = ModeInsert
-	case ModeInsert, ModeRewrite:
+	case ModeInsert, ModeRewrite, ModeLearn:
 	default:
-		return fmt.Errorf("mode: must be insert or rewrite, got %q", s.Mode)
+		return fmt.Errorf("mode: must be insert, rewrite or learn, got %q", s.Mode)
 	}
-	if s.Name == "" && mode == ModeRewrite {
-		return fmt.Errorf("name: rewrite mode needs the name of the cookie the backend sets")
+	if s.Name == "" && mode != ModeInsert {
+		return fmt.Errorf("name: %s mode needs the name of the cookie the backend sets", mode)
 	}
 	if s.Name != "" && !validCookieName(s.Name) {
 		return fmt.Errorf("name: %q is not a valid cookie name", s.Name)
@@ -288,22 +324,28 @@ func (s *StickyCookie) validate() error {
 		(s.Secure == "never" || s.Domain != "" || (s.Path != "" && s.Path != "/")) {
 		return fmt.Errorf("name: a __Host- cookie must be Secure, with Path=/ and no Domain")
 	}
-	if mode == ModeRewrite {
-		// Attributes are the backend's in rewrite mode; silently ignoring
-		// them would mislead.
+	if mode != ModeInsert {
+		// Attributes are the backend's in rewrite and learn modes;
+		// silently ignoring them would mislead.
 		for _, o := range []struct {
 			name string
 			set  bool
 		}{
-			{"max_age", s.MaxAge != 0}, {"idle_timeout", s.IdleTimeout != 0}, {"path", s.Path != "" && s.Path != "/"},
+			{"max_age", s.MaxAge != 0}, {"idle_timeout", s.IdleTimeout != 0 && mode == ModeRewrite}, {"path", s.Path != "" && s.Path != "/"},
 			{"domain", s.Domain != ""}, {"secure", s.Secure != "" && s.Secure != "auto"},
 			{"same_site", s.SameSite != "" && s.SameSite != "auto"}, {"http_only", s.HTTPOnly != nil},
 			{"forward_cookie", s.ForwardCookie}, {"nocache", s.NoCache},
 		} {
 			if o.set {
-				return fmt.Errorf("%s: applies to insert mode only; in rewrite mode the backend's cookie keeps its own attributes", o.name)
+				return fmt.Errorf("%s: applies to insert mode only; in %s mode the backend's cookie keeps its own attributes", o.name, mode)
 			}
 		}
+	}
+	if mode == ModeLearn && s.MaxLifetime != 0 {
+		return fmt.Errorf("max_lifetime: not available in learn mode, whose table keeps when a value was last seen (idle_timeout), not when it was first")
+	}
+	if mode != ModeLearn && (s.MaxSessions != 0 || s.MaxSessionsBytes != 0) {
+		return fmt.Errorf("max_sessions: applies to learn mode only, whose table it bounds")
 	}
 	for _, d := range []struct {
 		name string
@@ -400,6 +442,10 @@ type reqState struct {
 	// While reading the request's tokens.
 	now        time.Time
 	candidates int
+	// Learn mode: the table key of the value that routed the request, or
+	// of its first value.
+	lkey    affinity.ClientKey
+	hasLKey bool
 }
 
 // Select returns the upstream of the request's session, or binds a new one.
@@ -416,7 +462,7 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		if vars != nil {
 			vars[s.varKey] = st
 		}
-		if s.rewrite {
+		if s.rewrite || s.learn {
 			s.attachToHandler(vars, st)
 		}
 	}
@@ -434,17 +480,17 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	idx := -1
 	issued := affinity.UnixSeconds(now)
 	if st.valid {
-		i, ok := ps.index.Lookup(st.key, st.tok.Upstream)
+		i, ok := s.bound(ps, st)
 		if ok && ps.addrs[i] != pool[i].Dial {
 			// The pool changed in place since the state was built.
 			ps = s.pools.Refresh(pool)
-			i, ok = ps.index.Lookup(st.key, st.tok.Upstream)
+			i, ok = s.bound(ps, st)
 		}
 		if !ok {
 			result, reason = affinity.ResultRejected, affinity.ReasonUnknownUpstream
-			if s.rewrite {
+			if s.rewrite || s.learn {
 				// The backend may never set its cookie again, so this
-				// token stays: move its session deterministically.
+				// session stays: move it deterministically.
 				result = affinity.ResultRebind
 			}
 		} else {
@@ -469,6 +515,10 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		switch {
 		case s.rewrite && result == affinity.ResultRebind && st.valid:
 			up = s.pickStable(pool, st, st.tok.Upstream)
+		case s.learn && result == affinity.ResultRebind && st.valid:
+			// From the session's key, so that every instance that sees the
+			// failure moves it to the same replacement.
+			up = s.pickStable(pool, st, st.lkey.Hash())
 		case s.rewrite && !st.valid && st.hasOrig:
 			// The backend's cookie without a valid token (expired, an
 			// old key, set before this config): the backend may never set
@@ -489,6 +539,14 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	if idx >= 0 {
 		ps.counters[idx].Record(result, reason)
 		st.chosenID = ps.index.SigningID(idx)
+		if s.learn {
+			st.chosenID = affinity.AddrHash(up.Dial)
+			if st.valid && result == affinity.ResultRebind {
+				// Written before the response leaves, for the session's
+				// next request, wherever it lands.
+				s.learned.Sessions().Put(st.lkey, st.chosenID, now)
+			}
+		}
 	} else {
 		// The fallback returned an upstream outside the pool it was given;
 		// route the request but bind nothing to it.
@@ -497,7 +555,7 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	st.issued = issued
 	s.logDecision(r, up.Dial, result, reason, "")
 
-	if !s.rewrite && idx >= 0 {
+	if !s.rewrite && !s.learn && idx >= 0 {
 		needCookie := result != affinity.ResultHit || st.key != 0 || s.life.NeedsRefresh(st.tok, now)
 		// An earlier attempt's cookie must be replaced by this one's.
 		if needCookie || st.cookieSet {
@@ -510,6 +568,23 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		}
 	}
 	return up
+}
+
+// LearnedSessions returns the entries of learn mode's table (keys are
+// HMACs of the values), for tests and the admin API.
+func (s *StickyCookie) LearnedSessions() []affinity.Session {
+	t := s.learned.Sessions()
+	return t.Page(0, t.Len())
+}
+
+// bound returns the position in ps of the upstream of the request's
+// session.
+func (s *StickyCookie) bound(ps *poolState, st *reqState) (int, bool) {
+	if s.learn {
+		i, ok := ps.names[st.tok.Upstream]
+		return i, ok
+	}
+	return ps.index.Lookup(st.key, st.tok.Upstream)
 }
 
 // pickNew asks the fallback for an upstream for a new (or moved) session,
@@ -590,7 +665,8 @@ func (s *StickyCookie) readCookie(r *http.Request, st *reqState, now time.Time) 
 	s.carrier.read(r, st)
 }
 
-// consider takes tok as the request's token if it is the first valid one.
+// consider takes tok as the request's token if it is the first valid one
+// (in learn mode: the first value learned).
 func (st *reqState) consider(tok string) {
 	// A header full of token-shaped values must not buy an HMAC each.
 	if st.valid || st.candidates >= maxCandidates {
@@ -598,6 +674,10 @@ func (st *reqState) consider(tok string) {
 	}
 	st.candidates++
 	s := st.policy
+	if s.learn {
+		st.recall(tok)
+		return
+	}
 	kind := affinity.KindInsert
 	if s.rewrite {
 		kind = affinity.KindRoute
@@ -613,6 +693,49 @@ func (st *reqState) consider(tok string) {
 		return
 	}
 	st.tok, st.key, st.valid, st.reason = t, key, true, affinity.ReasonNone
+}
+
+// recall looks value up among the learned ones, under each key of the
+// keyring; one found under an older key moves to the signing key's. The
+// first value's key is kept for a session to be learned or moved.
+func (st *reqState) recall(value string) {
+	s, table := st.policy, st.policy.learned.Sessions()
+	for i := range s.keys.Len() {
+		k := s.keys.ValueKey(i, value)
+		if i == 0 && !st.hasLKey {
+			st.lkey, st.hasLKey = k, true
+		}
+		id, ok := table.Get(k, st.now)
+		if !ok {
+			continue
+		}
+		if i > 0 {
+			table.Delete(k)
+			k = s.keys.ValueKey(0, value)
+			table.Put(k, id, st.now)
+		}
+		st.lkey, st.tok, st.valid = k, affinity.Token{Upstream: id}, true
+		return
+	}
+}
+
+// learn records what the response sets (learn mode): each value now routes
+// to the upstream that answered, and a deletion forgets the request's
+// value. A value already learned for that upstream is only refreshed.
+func (st *reqState) learn(h http.Header, now time.Time) {
+	s := st.policy
+	table := s.learned.Sessions()
+	s.carrier.learned(h, now, func(v string, deleted bool) {
+		if deleted {
+			// The session the request carried ends, whatever value the
+			// deleting line holds (usually none).
+			if st.hasLKey {
+				table.Delete(st.lkey)
+			}
+			return
+		}
+		table.Put(s.keys.ValueKey(0, v), st.chosenID, now)
+	})
 }
 
 // routed notes the backend's own value of a rewrite-mode request (the

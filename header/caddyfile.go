@@ -10,7 +10,7 @@ import (
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
 //
 //	lb_policy sticky_header <header-name> {
-//		mode            rewrite|insert|hash
+//		mode            rewrite|insert|learn|hash
 //		secret          <key> [<key>...]
 //		idle_timeout    <duration>
 //		max_lifetime    <duration>
@@ -38,7 +38,7 @@ func (s *StickyHeader) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "mode":
-			s.Mode, err = parse.Enum(d, ModeRewrite, ModeInsert, ModeHash)
+			s.Mode, err = parse.Enum(d, ModeRewrite, ModeInsert, ModeLearn, ModeHash)
 		case "secret", "secrets":
 			s.Secrets, err = cookie.ParseSecrets(d, seen)
 		case "idle_timeout":

@@ -37,6 +37,7 @@ const (
 	ModeRewrite = "rewrite"
 	ModeInsert  = "insert"
 	ModeHash    = "hash"
+	ModeLearn   = "learn"
 )
 
 // StickyHeader is a selection policy that keeps each session on one
@@ -59,7 +60,9 @@ type StickyHeader struct {
 
 	// How the session is kept: `rewrite` (the backend sets the header,
 	// Caddy prefixes a route token; needs the affinity handler), `insert`
-	// (Caddy sets the header) or `hash` (the client's value is hashed).
+	// (Caddy sets the header), `learn` (the backend sets the header, Caddy
+	// records its value and routes by it, leaving it unchanged; needs the
+	// affinity handler) or `hash` (the client's value is hashed).
 	// Default: rewrite.
 	Mode string `json:"mode,omitempty"`
 
@@ -68,9 +71,11 @@ type StickyHeader struct {
 	// key kept in Caddy's storage.
 	Secrets []string `json:"secrets,omitempty"`
 
-	// A sliding, server-side idle timeout (insert mode): a token not
-	// refreshed within it counts as absent; the header is re-issued once
-	// it has aged a quarter of the timeout. Default: none.
+	// A sliding, server-side idle timeout: in insert mode a token not
+	// refreshed within it counts as absent, and the header is re-issued
+	// once it has aged a quarter of the timeout (default: none); in learn
+	// mode a learned value no request carried for that long is forgotten
+	// (default: 30m).
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
 	// The absolute lifetime of a binding, checked against the signed issue
@@ -94,11 +99,12 @@ type StickyHeader struct {
 	// request (hash mode). Default: 0, no table (pure consistent hashing).
 	PersistTimeout caddy.Duration `json:"persist_timeout,omitempty"`
 
-	// Bound of the session table in entries (hash mode). Default: 100000.
+	// Bound of the session table in entries (hash and learn modes).
+	// Default: 100000.
 	MaxSessions int `json:"max_sessions,omitempty"`
 
-	// Bound of the session table as a memory size in bytes (hash mode);
-	// overrides max_sessions.
+	// Bound of the session table as a memory size in bytes (hash and learn
+	// modes); overrides max_sessions.
 	MaxSessionsBytes uint64 `json:"max_sessions_bytes,omitempty"`
 
 	tokens   *cookie.StickyCookie // insert and rewrite modes
@@ -133,6 +139,7 @@ func (s *StickyHeader) Provision(ctx caddy.Context) error {
 		s.tokens = &cookie.StickyCookie{
 			Mode: s.Mode, Name: s.canon, Secrets: s.Secrets,
 			IdleTimeout: s.IdleTimeout, MaxLifetime: s.MaxLifetime,
+			MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes,
 			FallbackRaw: s.FallbackRaw, OnFailure: s.OnFailure,
 		}
 		return s.tokens.ProvisionHeader(ctx, PolicyName)
@@ -164,9 +171,9 @@ func (s *StickyHeader) validate() error {
 	switch mode {
 	case "":
 		mode = ModeRewrite
-	case ModeRewrite, ModeInsert, ModeHash:
+	case ModeRewrite, ModeInsert, ModeHash, ModeLearn:
 	default:
-		return fmt.Errorf("mode: must be rewrite, insert or hash, got %q", s.Mode)
+		return fmt.Errorf("mode: must be rewrite, insert, learn or hash, got %q", s.Mode)
 	}
 	if s.Name == "" {
 		return fmt.Errorf("name: the header that carries the session is required")
@@ -197,16 +204,16 @@ func (s *StickyHeader) validate() error {
 		set   bool
 		modes string
 	}{
-		{"secret", len(s.Secrets) > 0, "insert rewrite"},
-		{"idle_timeout", s.IdleTimeout != 0, "insert"},
+		{"secret", len(s.Secrets) > 0, "insert rewrite learn"},
+		{"idle_timeout", s.IdleTimeout != 0, "insert learn"},
 		{"max_lifetime", s.MaxLifetime != 0, "insert rewrite"},
-		{"on_failure", s.OnFailure != "", "insert rewrite"},
+		{"on_failure", s.OnFailure != "", "insert rewrite learn"},
 		{"balance_factor", s.BalanceFactor != 0, "hash"},
 		{"persist_timeout", s.PersistTimeout != 0, "hash"},
-		{"max_sessions", s.MaxSessions != 0 || s.MaxSessionsBytes != 0, "hash"},
+		{"max_sessions", s.MaxSessions != 0 || s.MaxSessionsBytes != 0, "hash learn"},
 	} {
 		if o.set && !strings.Contains(o.modes, mode) {
-			return fmt.Errorf("%s: applies to %s mode only, not %s", o.name, strings.ReplaceAll(o.modes, " ", " and "), mode)
+			return fmt.Errorf("%s: applies to %s mode only, not %s", o.name, modeList(o.modes), mode)
 		}
 	}
 	if mode == ModeHash {
@@ -216,6 +223,15 @@ func (s *StickyHeader) validate() error {
 		}
 	}
 	return nil
+}
+
+// modeList spells "a b c" as "a, b and c".
+func modeList(modes string) string {
+	m := strings.Fields(modes)
+	if len(m) == 1 {
+		return m[0]
+	}
+	return strings.Join(m[:len(m)-1], ", ") + " and " + m[len(m)-1]
 }
 
 // Cleanup releases what Provision took.

@@ -212,3 +212,99 @@ func tampered(tok string) string {
 	}
 	return tok[:len(tok)-1] + string(last)
 }
+
+// Learn mode: the backend mints the value, the client gets it byte for
+// byte and echoes it; every request returns to the upstream that minted it.
+// The table keys on an HMAC of the value, never the value.
+func TestLearnSticky(t *testing.T) {
+	pool := testPool(3)
+	s := provision(t, &StickyHeader{Name: "Mcp-Session-Id", Mode: ModeLearn, Secrets: []string{testSecret},
+		FallbackRaw: json.RawMessage(`{"policy":"round_robin"}`)})
+	seen := map[*reverseproxy.Upstream]bool{}
+	for c := range 9 {
+		value := fmt.Sprintf("3f1c-%d-uuid", c)
+		first, w := serve(t, s, pool, request("", ""), func(*reverseproxy.Upstream) string { return value })
+		if got := w.Header().Get("Mcp-Session-Id"); got != value {
+			t.Fatalf("client got %q, want the backend's %q unchanged", got, value)
+		}
+		seen[first] = true
+		for i := range 20 {
+			r := request("Mcp-Session-Id", value)
+			if u, _ := serve(t, s, pool, r, nil); u != first {
+				t.Fatalf("client %d request %d went to %v, want %v", c, i, u, first)
+			}
+			if r.Header.Get("Mcp-Session-Id") != value {
+				t.Fatalf("the backend got %q, want %q", r.Header.Get("Mcp-Session-Id"), value)
+			}
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("9 new sessions reached %d upstreams, want 3", len(seen))
+	}
+	for _, e := range s.tokens.LearnedSessions() {
+		if strings.Contains(e.Key.String(), "uuid") || !e.Key.Named() {
+			t.Fatalf("table key %v is not a hash", e.Key)
+		}
+	}
+	// An unknown value is placed by the fallback and learned from the
+	// response that sets it.
+	u, _ := serve(t, s, pool, request("Mcp-Session-Id", "never-seen"), func(*reverseproxy.Upstream) string { return "fresh" })
+	if again, _ := serve(t, s, pool, request("Mcp-Session-Id", "fresh"), nil); again != u {
+		t.Fatalf("learned value went to %v, minted on %v", again, u)
+	}
+}
+
+// Learn mode, failover: a session whose upstream is down moves to the same
+// replacement on every request, the table is updated so it stays there,
+// and another instance with the same key (its own table) moves it to the
+// same replacement: the choice comes from the session's key.
+func TestLearnFailover(t *testing.T) {
+	pool := testPool(4)
+	newPolicy := func() *StickyHeader {
+		return provision(t, &StickyHeader{Name: "X-Session", Mode: ModeLearn, Secrets: []string{testSecret},
+			FallbackRaw: json.RawMessage(`{"policy":"first"}`)})
+	}
+	a, b := newPolicy(), newPolicy()
+	for _, s := range []*StickyHeader{a, b} {
+		if home, _ := serve(t, s, pool, request("", ""), func(*reverseproxy.Upstream) string { return "sess-1" }); home != pool[0] {
+			t.Fatalf("fallback first chose %v", home)
+		}
+	}
+	less := pool[1:]
+	moved, _ := serve(t, a, less, request("X-Session", "sess-1"), nil)
+	if moved == nil || moved == pool[0] {
+		t.Fatalf("with %v gone the session went to %v", pool[0], moved)
+	}
+	if other, _ := serve(t, b, less, request("X-Session", "sess-1"), nil); other != moved {
+		t.Fatalf("instances moved the session to %v and %v", moved, other)
+	}
+	for i := range 10 {
+		if u, _ := serve(t, a, pool, request("X-Session", "sess-1"), nil); u != moved {
+			t.Fatalf("request %d after the move went to %v, want %v (the table was updated)", i, u, moved)
+		}
+	}
+}
+
+// A 101 Switching Protocols response (a WebSocket upgrade) carries the
+// rewritten header too, and the final response after it is not rewritten
+// twice.
+func TestRewriteOnUpgrade(t *testing.T) {
+	pool := testPool(2)
+	s := provision(t, &StickyHeader{Name: "X-Session", Secrets: []string{testSecret}})
+	w := httptest.NewRecorder()
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if s.Select(pool, r, w) == nil {
+			t.Fatal("no upstream")
+		}
+		w.Header().Set("X-Session", "ws-1")
+		w.WriteHeader(http.StatusSwitchingProtocols)
+		return nil
+	})
+	if err := (cookie.Handler{}).ServeHTTP(w, request("", ""), next); err != nil {
+		t.Fatal(err)
+	}
+	_, orig, ok := cookie.SplitRouted(w.Header().Get("X-Session"))
+	if w.Code != http.StatusSwitchingProtocols || !ok || orig != "ws-1" {
+		t.Fatalf("101 response: status %d, X-Session %q; want TOKEN~ws-1", w.Code, w.Header().Get("X-Session"))
+	}
+}

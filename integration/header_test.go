@@ -80,7 +80,7 @@ http://127.0.0.1:%d {
 	}
 }
 `, pi, all, pf, all, ph, all, pl, bs[0].addr, bs[2].addr)
-	startCaddy(t, sites, caddyOpts{wait: []string{
+	c := startCaddy(t, sites, caddyOpts{wait: []string{
 		fmt.Sprintf("127.0.0.1:%d", pi), fmt.Sprintf("127.0.0.1:%d", pf),
 		fmt.Sprintf("127.0.0.1:%d", ph), fmt.Sprintf("127.0.0.1:%d", pl)}, level: "WARN"})
 	insert := fmt.Sprintf("http://127.0.0.1:%d/", pi)
@@ -111,6 +111,38 @@ http://127.0.0.1:%d {
 	}
 	if leaked != 0 {
 		t.Errorf("backends received the insert-mode header %d times; it is Caddy's", leaked)
+	}
+
+	// Draining b0 through the admin API: bound sessions stay, new ones
+	// avoid it; undrained, it takes new sessions again.
+	var bound string
+	for bound == "" {
+		if _, got, tok := headerGet(t, insert, "X-Affinity", ""); got == "b0" {
+			bound = tok
+		}
+	}
+	if code, body := c.adminDo("POST", "/affinity/upstreams/drain", `{"address": "`+bs[0].addr+`"}`); code != 200 {
+		t.Fatalf("drain: %d %s", code, body)
+	}
+	for i := range 12 {
+		if _, got, _ := headerGet(t, insert, "X-Affinity", ""); got == "b0" {
+			t.Fatalf("new session %d reached the draining b0", i)
+		}
+		if _, got, _ := headerGet(t, insert, "X-Affinity", bound); got != "b0" {
+			t.Fatalf("a session bound to the draining b0 moved to %s", got)
+		}
+	}
+	if code, body := c.adminDo("POST", "/affinity/upstreams/undrain", `{"address": "`+bs[0].addr+`"}`); code != 200 {
+		t.Fatalf("undrain: %d %s", code, body)
+	}
+	back := false
+	for range 12 {
+		if _, got, _ := headerGet(t, insert, "X-Affinity", ""); got == "b0" {
+			back = true
+		}
+	}
+	if !back {
+		t.Fatal("no new session reached b0 after undrain")
 	}
 
 	const keys = 1000
@@ -145,5 +177,34 @@ http://127.0.0.1:%d {
 	t.Logf("insert: 30 sessions over %v; hash: %v of %d keys; without b1, %d keys moved (b1 had %d)", homes, per, keys, moved, per["b1"])
 	if moved != per["b1"] {
 		t.Errorf("%d keys moved, b1 had %d", moved, per["b1"])
+	}
+
+	// Counters, metrics and the admin API name the policy; no header value
+	// appears in them.
+	var hits, fresh, rejected uint64
+	for _, u := range c.upstreams() {
+		hits, fresh = hits+u.Hits, fresh+u.New
+		for _, n := range u.Rejected {
+			rejected += uint64(n)
+		}
+	}
+	if hits == 0 || fresh == 0 || rejected == 0 {
+		t.Errorf("admin upstream view: %d hits, %d new, %d rejected; want each counted", hits, fresh, rejected)
+	}
+	code, metrics := c.adminDo("GET", "/metrics", "")
+	if code != 200 {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	for _, want := range []string{
+		`caddy_affinity_decisions_total{policy="sticky_header",result="hit",upstream="` + bs[0].addr + `"}`,
+		`caddy_affinity_decisions_total{policy="sticky_header",result="new",upstream="`,
+		`caddy_affinity_rejected_total{policy="sticky_header",reason="`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(metrics, "tenant-0") || strings.Contains(c.logTail(1000), "tenant-0") {
+		t.Error("a header value appears in the metrics or the log")
 	}
 }

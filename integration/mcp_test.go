@@ -34,6 +34,10 @@ func startMCPServer(t *testing.T, name string) *mcpServer {
 		func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: name}}}, nil, nil
 		})
+	mcp.AddTool(s, &mcp.Tool{Name: "sessionid", Description: "the session id the server minted"},
+		func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: req.Session.ID()}}}, nil, nil
+		})
 	type steps struct {
 		Steps int `json:"steps"`
 	}
@@ -98,9 +102,12 @@ func (m *mcpServer) kill() { m.srv.Close() }
 // mcpRun is the outcome of a batch of client sessions.
 type mcpRun struct {
 	sessions, failed, reinitialized int
-	perServer                       map[string]int
-	progress                        int64
-	firstErr                        error
+	// idChanged: sessions whose client saw another id than its server
+	// minted (rewrite mode adds a token; learn mode must not).
+	idChanged int
+	perServer map[string]int
+	progress  int64
+	firstErr  error
 }
 
 // mcpOpts shapes a batch of sessions.
@@ -143,7 +150,7 @@ func runMCPSessions(t *testing.T, endpoint string, o mcpOpts) mcpRun {
 		if err != nil {
 			return nil, "", fmt.Errorf("initialize: %w", err)
 		}
-		if tools, err := cs.ListTools(ctx, nil); err != nil || len(tools.Tools) != 2 {
+		if tools, err := cs.ListTools(ctx, nil); err != nil || len(tools.Tools) != 3 {
 			cs.Close()
 			return nil, "", fmt.Errorf("list tools: %v (%v)", err, tools)
 		}
@@ -170,6 +177,13 @@ func runMCPSessions(t *testing.T, endpoint string, o mcpOpts) mcpRun {
 		}
 		defer func() { cs.Close() }()
 		server = home
+		if id, err := callText(ctx, cs, &mcp.CallToolParams{Name: "sessionid"}); err != nil {
+			return false, server, fmt.Errorf("sessionid: %w", err)
+		} else if id != cs.ID() {
+			mu.Lock()
+			run.idChanged++
+			mu.Unlock()
+		}
 		for i := range o.calls {
 			if i == o.calls/2 && o.pause != nil {
 				o.pause()
@@ -296,6 +310,9 @@ func TestMCPSessionsStickyHeader(t *testing.T) {
 	if run.progress < int64(sessions*5) {
 		t.Errorf("%d progress notifications reached the clients, want %d", run.progress, sessions*5)
 	}
+	if run.idChanged != sessions {
+		t.Errorf("%d of %d clients hold a routed id (TOKEN~id); want all", run.idChanged, sessions)
+	}
 	// Close sends DELETE and does not look at the answer: the servers do.
 	if ok, missed := deletes(servers); ok != sessions || missed != 0 {
 		t.Errorf("DELETE ended %d sessions on their server and missed %d; want %d and 0", ok, missed, sessions)
@@ -339,5 +356,31 @@ func TestMCPSessionsStickyHeader(t *testing.T) {
 	if run.reinitialized != run.perServer[victim.name] || run.reinitialized == 0 {
 		t.Fatalf("%d sessions re-initialized; %d were on the killed %s: want those, and only those",
 			run.reinitialized, run.perServer[victim.name], victim.name)
+	}
+}
+
+// Learn mode with the same servers: every session completes on one server,
+// and the client holds the id its server minted, byte for byte.
+func TestMCPSessionsLearn(t *testing.T) {
+	servers := []*mcpServer{startMCPServer(t, "mcp-a"), startMCPServer(t, "mcp-b"), startMCPServer(t, "mcp-c")}
+	port := freePort(t)
+	startCaddy(t, mcpSite(port, servers, `lb_policy sticky_header Mcp-Session-Id {
+			mode learn
+			secret mcp-test-secret-0123456789
+			fallback round_robin
+		}`), caddyOpts{wait: []string{fmt.Sprintf("127.0.0.1:%d", port)}, level: "WARN"})
+	const sessions = 50
+	run := runMCPSessions(t, fmt.Sprintf("http://127.0.0.1:%d/mcp", port), mcpOpts{sessions: sessions, calls: 20})
+	t.Logf("learn: %d sessions, %d failed, %d with a changed id, per server %v", run.sessions, run.failed, run.idChanged, run.perServer)
+	if run.failed != 0 || run.idChanged != 0 {
+		t.Fatalf("learn: %d of %d sessions failed (first: %v), %d saw another id than their server minted", run.failed, run.sessions, run.firstErr, run.idChanged)
+	}
+	for _, s := range servers {
+		if n := run.perServer[s.name]; n*5 < sessions {
+			t.Errorf("%s got %d of %d sessions, want at least 20 %%", s.name, n, sessions)
+		}
+	}
+	if ok, missed := deletes(servers); ok != sessions || missed != 0 {
+		t.Errorf("DELETE ended %d sessions on their server and missed %d; want %d and 0", ok, missed, sessions)
 	}
 }

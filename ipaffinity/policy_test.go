@@ -20,7 +20,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
-	"github.com/caddy-affinity/caddy-affinity/cookie"
 )
 
 func testPool(n int) reverseproxy.UpstreamPool {
@@ -353,38 +352,6 @@ func TestIPAffinitySubsetsBuildNothing(t *testing.T) {
 	}
 	if builds != 1 {
 		t.Fatalf("%d tables built for 254 subsets of one pool, want 1", builds)
-	}
-}
-
-// BenchmarkFallbackRetry is a retry of a new session whose first upstream
-// failed, by sticky_cookie with ip_affinity as its fallback: each retry
-// hands the fallback the pool less the failed upstream.
-func BenchmarkFallbackRetry(b *testing.B) {
-	for _, n := range []int{8, 32} {
-		b.Run(fmt.Sprintf("upstreams=%d", n), func(b *testing.B) {
-			s := &cookie.StickyCookie{Secrets: []string{"bench-secret-0123456789abcdef"},
-				FallbackRaw: json.RawMessage(`{"policy":"ip_affinity"}`)}
-			// A loaded config's logger, quiet: rebinds are logged at info, and a
-			// context without one logs every decision.
-			if err := caddy.Load([]byte(`{"admin":{"disabled":true},"logging":{"logs":{"default":{"level":"WARN"}}}}`), true); err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { _ = caddy.Stop() })
-			ctx, cancel := caddy.NewContext(caddy.ActiveContext())
-			b.Cleanup(cancel)
-			if err := s.Provision(ctx); err != nil {
-				b.Fatal(err)
-			}
-			pool := testPool(n)
-			w := httptest.NewRecorder()
-			b.ReportAllocs()
-			for i := 0; i < b.N; i++ {
-				r := clientRequest(lanIP(i%4096), "10.1.1.1:5000")
-				if s.Select(pool, r, w) == nil || s.Select(pool, r, w) == nil {
-					b.Fatal("no upstream")
-				}
-			}
-		})
 	}
 }
 
