@@ -99,31 +99,57 @@ func (c *Core[U]) Select(pool []U, client netip.Addr, vars map[string]any, up Up
 		}
 		return NotIP
 	}
-	return c.SelectKey(pool, affinity.MaskClient(client, c.opts.IPv4Prefix, c.opts.IPv6Prefix), vars, up)
+	return c.selectFor(pool, whom{addr: client}, vars, up)
 }
 
-// SelectKey is Select for the client whose key is k, which is valid: an
-// address's (MaskClient) or a value's the client chose (NamedKey, for
-// sticky_header's hash mode).
+// SelectKey is Select for the client whose key is k, which is valid: a
+// value's the client chose (NamedKey, for sticky_header's hash mode).
 func (c *Core[U]) SelectKey(pool []U, k affinity.ClientKey, vars map[string]any, up Upstreams) int {
+	return c.selectFor(pool, whom{key: k}, vars, up)
+}
+
+// whom is whom a selection is for: a key, or an address whose key (its
+// masked prefix) is made only when needed, since the common case hashes
+// the address directly.
+type whom struct {
+	addr netip.Addr
+	key  affinity.ClientKey // valid if given
+}
+
+func (c *Core[U]) hash(w whom) uint64 {
+	if w.key.IsValid() {
+		return w.key.Hash()
+	}
+	return affinity.HashAddr(w.addr, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
+}
+
+func (c *Core[U]) key(w whom) affinity.ClientKey {
+	if w.key.IsValid() {
+		return w.key
+	}
+	return affinity.MaskClient(w.addr, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
+}
+
+func (c *Core[U]) selectFor(pool []U, w whom, vars map[string]any, up Upstreams) int {
 	p := c.pools.Get(pool)
 	tried := c.tried(vars)
 	if tried == nil && c.sessions == nil && up.Skip == nil && up.Load == nil && !affinity.AnyDraining() {
 		// A first attempt by the pure hash whose upstream is available:
 		// what affinity.ChooseIP gives, without its general walk, which in
 		// a loaded server costs cache misses on every request.
-		if i := p.Table.Lookup(k.Hash()); i >= 0 && up.Available(i) && !p.Stale(i, c.addr(pool[i])) {
+		if i := p.Table.Lookup(c.hash(w)); i >= 0 && up.Available(i) && !p.Stale(i, c.addr(pool[i])) {
 			p.Counters[i].Record(affinity.ResultHit, affinity.ReasonNone)
-			c.done(vars, nil, pool[i], k, affinity.ResultHit)
+			c.done(vars, nil, pool[i], w, affinity.ResultHit)
 			return i
 		}
 	}
-	return c.choose(pool, p, k, tried, vars, up)
+	return c.choose(pool, p, w, tried, vars, up)
 }
 
 // choose is Select's general case: session tables, bounded loads,
 // draining, retries, unavailable upstreams, part of a pool.
-func (c *Core[U]) choose(pool []U, p *affinity.IPPool, k affinity.ClientKey, tried []U, vars map[string]any, up Upstreams) int {
+func (c *Core[U]) choose(pool []U, p *affinity.IPPool, w whom, tried []U, vars map[string]any, up Upstreams) int {
+	k := c.key(w)
 	sessions := c.sessions
 	var now time.Time
 	if sessions != nil {
@@ -148,16 +174,16 @@ func (c *Core[U]) choose(pool []U, p *affinity.IPPool, k affinity.ClientKey, tri
 	if failed != nil && failed(i) {
 		tried = nil // a new round of the pool began
 	}
-	c.done(vars, tried, pool[i], k, res)
+	c.done(vars, tried, pool[i], w, res)
 	return i
 }
 
 // done remembers the upstream chosen for the request's next attempt and
 // logs the decision if it is to be logged.
-func (c *Core[U]) done(vars map[string]any, tried []U, up U, k affinity.ClientKey, res affinity.Result) {
+func (c *Core[U]) done(vars map[string]any, tried []U, up U, w whom, res affinity.Result) {
 	c.remember(vars, tried, up)
 	if table := c.sessions != nil; c.decision.Enabled(Notable(res, table)) {
-		LogDecision(c.decision, c.policy, k, c.addr(up), res, table)
+		LogDecision(c.decision, c.policy, c.key(w), c.addr(up), res, table)
 	}
 }
 
