@@ -185,6 +185,10 @@ func remoteIP(a net.Addr) (netip.Addr, bool) {
 	return affinity.ParseHostAddr(a.String())
 }
 
+// varsKey is layer4.VarsCtxKey as an interface, converted once: it is a
+// variable, and converting it on every connection would allocate.
+var varsKey any = layer4.VarsCtxKey
+
 // Select returns the upstream of the connection's client.
 func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l4proxy.Upstream {
 	if len(up) == 0 {
@@ -201,7 +205,7 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 			return int(m.Gauge.GetValue())
 		}
 	}
-	vars, _ := conn.Context.Value(layer4.VarsCtxKey).(map[string]any)
+	vars, _ := conn.Context.Value(varsKey).(map[string]any)
 	i := s.core.Select(up, client, vars, u)
 	switch {
 	case i >= 0:

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 	"github.com/caddy-affinity/caddy-affinity/ipaffinity"
 )
 
@@ -166,5 +167,24 @@ func BenchmarkL4Select(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// A connection's selection allocates nothing.
+func TestL4SelectAllocations(t *testing.T) {
+	if testutil.RaceEnabled {
+		t.Skip("allocation counts require a build without -race")
+	}
+	pool := testPool(16)
+	ours := provisioned(t, &IPAffinity{})
+	c := connFrom("203.0.113.50")
+	n := testing.AllocsPerRun(200, func() {
+		c.SetVar(ours.core.VarKey(), nil)
+		if ours.Select(pool, c) == nil {
+			t.Fatal("no upstream")
+		}
+	})
+	if n != 0 {
+		t.Fatalf("layer4 ip_affinity Select: %.1f allocations, want 0", n)
 	}
 }
