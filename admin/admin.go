@@ -46,9 +46,12 @@ func (a adminAffinity) Routes() []caddy.AdminRoute {
 
 // UpstreamStatus is one element of GET /affinity/upstreams.
 type UpstreamStatus struct {
-	Address  string         `json:"address"`
-	Policies []string       `json:"policies"`
-	Draining bool           `json:"draining"`
+	Address  string   `json:"address"`
+	Policies []string `json:"policies"`
+	Draining bool     `json:"draining"`
+	// Deadline of the drain, after which bound sessions move; absent
+	// without one.
+	Deadline *time.Time     `json:"deadline,omitempty"`
 	Sessions int            `json:"sessions"`
 	Hits     uint64         `json:"hits"`
 	New      uint64         `json:"new"`
@@ -87,7 +90,12 @@ func (adminAffinity) handleUpstreams(w http.ResponseWriter, r *http.Request) err
 		get(addr).Sessions = n
 	}
 	for _, addr := range affinity.DrainingList() {
-		get(addr).Draining = true
+		u := get(addr)
+		u.Draining = true
+		if d, ok := affinity.DrainDeadline(addr); ok {
+			d = d.UTC()
+			u.Deadline = &d
+		}
 	}
 	out := make([]*UpstreamStatus, 0, len(byAddr))
 	for _, u := range byAddr {
@@ -100,6 +108,10 @@ func (adminAffinity) handleUpstreams(w http.ResponseWriter, r *http.Request) err
 // drainRequest is the body of the drain and undrain endpoints.
 type drainRequest struct {
 	Address string `json:"address"`
+	// Deadline (drain only), a duration such as "10m": until it passes,
+	// bound sessions keep reaching the upstream; after it, they move on
+	// their next request. Default: none, they stay until they end.
+	Deadline string `json:"deadline,omitempty"`
 }
 
 func (adminAffinity) handleDrain(on bool) func(http.ResponseWriter, *http.Request) error {
@@ -108,9 +120,24 @@ func (adminAffinity) handleDrain(on bool) func(http.ResponseWriter, *http.Reques
 			return methodNotAllowed(w, http.MethodPost)
 		}
 		var req drainRequest
-		if err := decodeStrict(io.LimitReader(r.Body, 64<<10), map[string]any{"address": &req.Address}); err != nil {
+		fields := map[string]any{"address": &req.Address}
+		example := `{"address": "10.0.0.1:8080"}`
+		if on {
+			fields["deadline"] = &req.Deadline
+			example = `{"address": "10.0.0.1:8080", "deadline": "10m"}`
+		}
+		if err := decodeStrict(io.LimitReader(r.Body, 64<<10), fields); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusBadRequest,
-				Err: fmt.Errorf(`body must be JSON like {"address": "10.0.0.1:8080"}: %v`, err)}
+				Err: fmt.Errorf(`body must be JSON like %s: %v`, example, err)}
+		}
+		var deadline time.Time
+		if d := strings.TrimSpace(req.Deadline); d != "" {
+			dur, err := caddy.ParseDuration(d)
+			if err != nil || dur <= 0 {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest,
+					Err: fmt.Errorf(`"deadline" must be a positive duration such as "10m" or "1h30m", got %q`, req.Deadline)}
+			}
+			deadline = time.Now().Add(dur).Truncate(time.Second)
 		}
 		req.Address = strings.TrimSpace(req.Address)
 		if req.Address == "" {
@@ -120,12 +147,22 @@ func (adminAffinity) handleDrain(on bool) func(http.ResponseWriter, *http.Reques
 			return caddy.APIError{HTTPStatus: http.StatusNotFound,
 				Err: fmt.Errorf("no affinity policy knows upstream %q; addresses are the upstreams' dial addresses as GET /affinity/upstreams lists them", req.Address)}
 		}
-		changed := affinity.SetDraining(req.Address, on)
-		if changed {
-			caddy.Log().Named("admin.api.affinity").Info("upstream draining changed",
-				zap.String("upstream", req.Address), zap.Bool("draining", on))
+		var changed bool
+		if on {
+			changed = affinity.DrainUntil(req.Address, deadline)
+		} else {
+			changed = affinity.SetDraining(req.Address, false)
 		}
-		return writeJSON(w, map[string]any{"address": req.Address, "draining": on, "changed": changed})
+		out := map[string]any{"address": req.Address, "draining": on, "changed": changed}
+		logged := []zap.Field{zap.String("upstream", req.Address), zap.Bool("draining", on)}
+		if !deadline.IsZero() {
+			out["deadline"] = deadline.UTC()
+			logged = append(logged, zap.Time("deadline", deadline))
+		}
+		if changed {
+			caddy.Log().Named("admin.api.affinity").Info("upstream draining changed", logged...)
+		}
+		return writeJSON(w, out)
 	}
 }
 

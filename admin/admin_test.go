@@ -445,3 +445,43 @@ func TestAdminSessions(t *testing.T) {
 		t.Errorf("after a flush and a Put: X-Total-Count %d, want 1", total)
 	}
 }
+
+// A drain with a deadline: the reply and GET /affinity/upstreams show it;
+// a bad deadline, or one given to undrain, is a 400 naming the problem.
+func TestAdminDrainDeadline(t *testing.T) {
+	addr := uniqueAddr("deadline")
+	affinity.CountersFor("admin_test_deadline", addr)
+	t.Cleanup(func() { affinity.SetDraining(addr, false) })
+	var r struct {
+		Draining bool      `json:"draining"`
+		Deadline time.Time `json:"deadline"`
+	}
+	before := time.Now()
+	mustOK(t, "/affinity/upstreams/drain", http.MethodPost, "/affinity/upstreams/drain", `{"address":"`+addr+`","deadline":"10m"}`, &r)
+	if !r.Draining || r.Deadline.Before(before.Add(10*time.Minute-time.Second)) || r.Deadline.After(time.Now().Add(10*time.Minute)) {
+		t.Fatalf("drain reply %+v, want a deadline 10 minutes on", r)
+	}
+	u := findUpstream(getUpstreams(t), addr)
+	if u == nil || u.Deadline == nil || !u.Deadline.Equal(r.Deadline) {
+		t.Fatalf("GET upstreams: %+v, want the deadline %v", u, r.Deadline)
+	}
+	if d, ok := affinity.DrainDeadline(addr); !ok || !d.Equal(r.Deadline) {
+		t.Fatalf("engine deadline %v %v", d, ok)
+	}
+	// Draining again without one clears it.
+	mustOK(t, "/affinity/upstreams/drain", http.MethodPost, "/affinity/upstreams/drain", `{"address":"`+addr+`"}`, &r)
+	if u := findUpstream(getUpstreams(t), addr); u == nil || !u.Draining || u.Deadline != nil {
+		t.Fatalf("after a drain without deadline: %+v", u)
+	}
+	for _, tc := range []struct{ pattern, body, want string }{
+		{"/affinity/upstreams/drain", `{"address":"` + addr + `","deadline":"soon"}`, `"deadline" must be a positive duration`},
+		{"/affinity/upstreams/drain", `{"address":"` + addr + `","deadline":"-5m"}`, `"deadline" must be a positive duration`},
+		{"/affinity/upstreams/drain", `{"address":"` + addr + `","deadline":600}`, "body must be JSON"},
+		{"/affinity/upstreams/undrain", `{"address":"` + addr + `","deadline":"5m"}`, `unknown field "deadline"`},
+	} {
+		_, err := adminCall(t, tc.pattern, http.MethodPost, tc.pattern, tc.body)
+		if apiStatus(err) != http.StatusBadRequest || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s %s: %v, want a 400 with %q", tc.pattern, tc.body, err, tc.want)
+		}
+	}
+}

@@ -42,9 +42,13 @@ const (
 // OnBound decides for a request bound to an upstream: it keeps it while it
 // is available and has not failed this request; otherwise the session
 // moves, unless it is strict: a strict session waits for its upstream
-// (each retry tries it again) and is refused while it is unavailable.
-func OnBound(available, failedThisRequest, strict bool) Outcome {
+// (each retry tries it again) and is refused while it is unavailable. An
+// evicted upstream (its drain's deadline has passed, see Evicted) moves
+// every session, strict ones too: the operator asked for it to empty.
+func OnBound(available, failedThisRequest, strict, evicted bool) Outcome {
 	switch {
+	case evicted:
+		return Move
 	case available && (strict || !failedThisRequest):
 		return Keep
 	case strict:

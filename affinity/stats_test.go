@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 var runID atomic.Int64
@@ -365,5 +366,43 @@ func TestVarKeyUnique(t *testing.T) {
 	a, b := VarKey("ip_affinity"), VarKey("ip_affinity")
 	if a == b || !strings.HasPrefix(a, "caddy_affinity.ip_affinity#") {
 		t.Fatalf("VarKey gave %q and %q: want distinct caddy_affinity.ip_affinity#N names", a, b)
+	}
+}
+
+// A drain's deadline: bound sessions stay until it passes, then every one
+// moves, strict ones too; draining again without a deadline or undraining
+// ends that.
+func TestDrainDeadline(t *testing.T) {
+	const addr = "192.0.2.77:8080"
+	t.Cleanup(func() { SetDraining(addr, false) })
+	now := time.Unix(1_800_000_000, 0)
+	if !DrainUntil(addr, now.Add(time.Minute)) || DrainUntil(addr, now.Add(time.Minute)) {
+		t.Fatal("DrainUntil reports no change, or a change for the same deadline")
+	}
+	if !IsDraining(addr) || Evicted(addr, now) || !Evicted(addr, now.Add(time.Minute)) {
+		t.Fatal("before the deadline: not evicted; at it: evicted")
+	}
+	for _, tc := range []struct {
+		avail, failed, strict, evicted bool
+		want                           Outcome
+	}{
+		{true, false, false, false, Keep}, {true, true, false, false, Move}, {false, false, false, false, Move},
+		{true, true, true, false, Keep}, {false, false, true, false, Refuse},
+		{true, false, false, true, Move}, {true, false, true, true, Move}, {false, false, true, true, Move},
+	} {
+		if got := OnBound(tc.avail, tc.failed, tc.strict, tc.evicted); got != tc.want {
+			t.Errorf("OnBound(available %v, failed %v, strict %v, evicted %v) = %v, want %v", tc.avail, tc.failed, tc.strict, tc.evicted, got, tc.want)
+		}
+	}
+	if !SetDraining(addr, true) || Evicted(addr, now.Add(time.Hour)) {
+		t.Fatal("a drain without a deadline evicts")
+	}
+	if _, ok := DrainDeadline(addr); ok {
+		t.Fatal("a deadline after draining without one")
+	}
+	DrainUntil(addr, now)
+	SetDraining(addr, false)
+	if Evicted(addr, now.Add(time.Hour)) || IsDraining(addr) {
+		t.Fatal("undrained, still evicted")
 	}
 }

@@ -494,7 +494,7 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 				result = affinity.ResultRebind
 			}
 		} else {
-			switch u := pool[i]; affinity.OnBound(u.Available(), st.triedUp(u), s.strict) {
+			switch u := pool[i]; affinity.OnBound(u.Available(), st.triedUp(u), s.strict, affinity.Evicted(u.Dial, now)) {
 			case affinity.Keep:
 				up, idx, result = u, i, affinity.ResultHit
 				issued = st.tok.Issued

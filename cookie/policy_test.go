@@ -1366,3 +1366,40 @@ func TestSelectFutureCookieRejected(t *testing.T) {
 		t.Fatalf("a cookie within the skew lost its session: %v", up)
 	}
 }
+
+// A drain with a deadline: bound sessions keep their upstream until it
+// passes, then move on their next request and get a new cookie, strict ones
+// too; new sessions avoid the upstream throughout.
+func TestSelectDrainDeadline(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		clock := newClock()
+		sc := &StickyCookie{now: clock.Now, FallbackRaw: fallback("random")}
+		if strict {
+			sc.OnFailure = "strict"
+		}
+		s := provision(t, sc)
+		pool := testPool(3)
+		t.Cleanup(func() { affinity.SetDraining(pool[0].Dial, false) })
+		existing := insertCookie(s, pool, 0, clock.Now(), clock.Now())
+		affinity.DrainUntil(pool[0].Dial, clock.Now().Add(time.Minute))
+		for i := range 10 {
+			w := httptest.NewRecorder()
+			if up := s.Select(pool, newRequest("affinity="+existing), w); up != pool[0] {
+				t.Fatalf("strict %v, before the deadline, request %d: %v, want the draining %s", strict, i, up, pool[0].Dial)
+			}
+			if up := s.Select(pool, newRequest(), httptest.NewRecorder()); up == pool[0] {
+				t.Fatalf("strict %v: a new session went to the draining upstream", strict)
+			}
+		}
+		clock.Advance(time.Minute)
+		w := httptest.NewRecorder()
+		up := s.Select(pool, newRequest("affinity="+existing), w)
+		if up == nil || up == pool[0] {
+			t.Fatalf("strict %v, after the deadline: %v, want another upstream", strict, up)
+		}
+		if got, _ := upstreamOf(t, s, pool, onlyCookie(t, s, w)); got != up {
+			t.Fatalf("strict %v: the moved session's new cookie names %v, not %v", strict, got, up)
+		}
+		affinity.SetDraining(pool[0].Dial, false)
+	}
+}

@@ -376,3 +376,33 @@ func TestSpoofableClientWarning(t *testing.T) {
 		}
 	}
 }
+
+// With a session table, a drain's deadline moves the clients bound to the
+// draining upstream on their next request after it, and the table keeps
+// their new upstream.
+func TestIPAffinityDrainDeadline(t *testing.T) {
+	p := &IPAffinity{Config: Config{PersistTimeout: caddy.Duration(time.Hour)}}
+	provision(t, p)
+	p.core.SetLogger(zap.NewNop())
+	now := time.Unix(1_800_000_000, 0)
+	p.core.now = func() time.Time { return now }
+	pool := testPool(4)
+	sel := func() *reverseproxy.Upstream {
+		return p.Select(pool, clientRequest("198.51.100.77", "198.51.100.77:1"), nil)
+	}
+	home := sel()
+	t.Cleanup(func() { affinity.SetDraining(home.Dial, false) })
+	affinity.DrainUntil(home.Dial, now.Add(time.Minute))
+	if u := sel(); u != home {
+		t.Fatalf("before the deadline: %v, want the draining %v", u, home)
+	}
+	now = now.Add(time.Minute)
+	moved := sel()
+	if moved == nil || moved == home {
+		t.Fatalf("after the deadline: %v, want another upstream", moved)
+	}
+	affinity.SetDraining(home.Dial, false)
+	if u := sel(); u != moved {
+		t.Fatalf("after undrain: %v, want %v, where the table now keeps the client", u, moved)
+	}
+}
