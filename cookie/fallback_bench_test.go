@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
 )
 
 // BenchmarkFallbackRetry is a retry of a new session whose first upstream
@@ -41,6 +44,40 @@ func BenchmarkFallbackRetry(b *testing.B) {
 				r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
 				if s.Select(pool, r, w) == nil || s.Select(pool, r, w) == nil {
 					b.Fatal("no upstream")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSelectLearn compares learn mode, its value learned, with insert
+// mode and a valid cookie, in one run (make bench's learn target: at most
+// 1.5x insert mode's cost).
+func BenchmarkSelectLearn(b *testing.B) {
+	pool := testPool(4)
+	insert := provision(b, &StickyCookie{FallbackRaw: fallback("random")})
+	insertLine := "_ga=GA1.2.3.4; affinity=" + insertCookie(insert, pool, 2, time.Now(), time.Now()) + "; theme=dark"
+	learn := provision(b, &StickyCookie{Mode: ModeLearn, Name: "JSESSIONID", FallbackRaw: fallback("random")})
+	const value = "0F3A1C9B7D2E4F6A8B0C1D2E3F4A5B6C"
+	learn.learned.Sessions().Put(learn.keys.ValueKey(0, value), affinity.AddrHash(pool[2].Dial), time.Now())
+	learnLine := "_ga=GA1.2.3.4; JSESSIONID=" + value + "; theme=dark"
+	for _, p := range []struct {
+		name string
+		s    *StickyCookie
+		line string
+	}{{"insert", insert, insertLine}, {"learn", learn, learnLine}} {
+		b.Run("mode="+p.name, func(b *testing.B) {
+			w := httptest.NewRecorder()
+			r := newRequest()
+			vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+			b.ReportAllocs()
+			for b.Loop() {
+				// A new request as far as the policy goes: its own Cookie
+				// header (insert mode edits it), no state of an earlier one.
+				r.Header["Cookie"] = []string{p.line}
+				delete(vars, p.s.varKey)
+				if p.s.Select(pool, r, w) != pool[2] {
+					b.Fatal("the session's upstream was not chosen")
 				}
 			}
 		})
