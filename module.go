@@ -11,6 +11,8 @@ package caddyaffinity
 import (
 	// The admin API: /affinity/upstreams, drain, sessions.
 	_ "github.com/caddy-affinity/caddy-affinity/admin"
+	// The `caddy affinity` command.
+	_ "github.com/caddy-affinity/caddy-affinity/cli"
 	// Cookie affinity: sticky_cookie and the affinity handler.
 	_ "github.com/caddy-affinity/caddy-affinity/cookie"
 	// Header affinity: sticky_header.
