@@ -90,7 +90,7 @@ func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 	if sessions != nil {
 		if id, ok := sessions.Get(k, now); ok {
 			had = true
-			if i := p.Table.IndexOf(id); i >= 0 && OnBound(avail(i), false, false, Evicted(p.Addrs[i], now)) == Keep {
+			if i := p.Table.IndexOf(id); i >= 0 && OnBound(avail(i), false, Rebind, Evicted(p.Addrs[i], now)) == Keep {
 				p.Counters[i].Record(ResultHit, ReasonNone)
 				return i, ResultHit
 			}

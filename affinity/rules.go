@@ -37,22 +37,41 @@ const (
 	Move
 	// Refuse: no upstream (on_failure strict while its upstream is down).
 	Refuse
+	// Detour: this request goes to a replacement and the session stays
+	// bound (on_failure temporary while its upstream is down).
+	Detour
+)
+
+// Failure is what a session does while its upstream is unavailable.
+type Failure uint8
+
+const (
+	// Rebind: the session moves (the default).
+	Rebind Failure = iota
+	// Strict: it waits for its upstream; no upstream meanwhile.
+	Strict
+	// Temporary: its requests go to a replacement meanwhile and return
+	// when the upstream recovers, for backends that replicate sessions.
+	Temporary
 )
 
 // OnBound decides for a request bound to an upstream: it keeps it while it
 // is available and has not failed this request; otherwise the session
-// moves, unless it is strict: a strict session waits for its upstream
-// (each retry tries it again) and is refused while it is unavailable. An
-// evicted upstream (its drain's deadline has passed, see Evicted) moves
-// every session, strict ones too: the operator asked for it to empty.
-func OnBound(available, failedThisRequest, strict, evicted bool) Outcome {
+// moves (Rebind), waits for its upstream and is refused meanwhile (Strict:
+// each retry tries it again), or takes a detour without moving
+// (Temporary). An evicted upstream (its drain's deadline has passed, see
+// Evicted) moves every session, whatever f: the operator asked for it to
+// empty.
+func OnBound(available, failedThisRequest bool, f Failure, evicted bool) Outcome {
 	switch {
 	case evicted:
 		return Move
-	case available && (strict || !failedThisRequest):
+	case available && (f == Strict || !failedThisRequest):
 		return Keep
-	case strict:
+	case f == Strict:
 		return Refuse
+	case f == Temporary:
+		return Detour
 	}
 	return Move
 }

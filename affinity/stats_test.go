@@ -383,15 +383,18 @@ func TestDrainDeadline(t *testing.T) {
 		t.Fatal("before the deadline: not evicted; at it: evicted")
 	}
 	for _, tc := range []struct {
-		avail, failed, strict, evicted bool
-		want                           Outcome
+		avail, failed bool
+		f             Failure
+		evicted       bool
+		want          Outcome
 	}{
-		{true, false, false, false, Keep}, {true, true, false, false, Move}, {false, false, false, false, Move},
-		{true, true, true, false, Keep}, {false, false, true, false, Refuse},
-		{true, false, false, true, Move}, {true, false, true, true, Move}, {false, false, true, true, Move},
+		{true, false, Rebind, false, Keep}, {true, true, Rebind, false, Move}, {false, false, Rebind, false, Move},
+		{true, true, Strict, false, Keep}, {false, false, Strict, false, Refuse},
+		{true, false, Temporary, false, Keep}, {false, false, Temporary, false, Detour}, {true, true, Temporary, false, Detour},
+		{true, false, Rebind, true, Move}, {true, false, Strict, true, Move}, {false, false, Strict, true, Move}, {false, false, Temporary, true, Move},
 	} {
-		if got := OnBound(tc.avail, tc.failed, tc.strict, tc.evicted); got != tc.want {
-			t.Errorf("OnBound(available %v, failed %v, strict %v, evicted %v) = %v, want %v", tc.avail, tc.failed, tc.strict, tc.evicted, got, tc.want)
+		if got := OnBound(tc.avail, tc.failed, tc.f, tc.evicted); got != tc.want {
+			t.Errorf("OnBound(available %v, failed %v, %v, evicted %v) = %v, want %v", tc.avail, tc.failed, tc.f, tc.evicted, got, tc.want)
 		}
 	}
 	if !SetDraining(addr, true) || Evicted(addr, now.Add(time.Hour)) {

@@ -25,7 +25,7 @@ import (
 //		forward_cookie on|off
 //		nocache        on|off
 //		fallback       <policy> [<args...>] [{ ... }]
-//		on_failure     rebind|strict
+//		on_failure     rebind|strict|temporary
 //	}
 func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume policy name
@@ -80,7 +80,7 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "fallback":
 			s.FallbackRaw, err = parse.Module(d, "http.reverse_proxy.selection_policies", "policy")
 		case "on_failure":
-			s.OnFailure, err = parse.Enum(d, "rebind", "strict")
+			s.OnFailure, err = parse.Enum(d, "rebind", "strict", "temporary")
 		default:
 			return parse.Unknown(d)
 		}

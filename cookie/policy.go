@@ -142,7 +142,10 @@ type StickyCookie struct {
 	// or already failed for this request): `rebind` picks another with the
 	// fallback and re-issues the cookie, on the same request when lb_retries
 	// or lb_try_duration allow a retry; `strict` never rebinds, and no
-	// upstream is selected (503). Default: rebind.
+	// upstream is selected (503); `temporary` sends its requests to a
+	// replacement (the same one each time) without moving the session: no
+	// new cookie, no table update, and they return when it recovers, for
+	// backends that replicate sessions. Default: rebind.
 	OnFailure string `json:"on_failure,omitempty"`
 
 	policy    string   // label in counters, metrics and logs
@@ -155,7 +158,7 @@ type StickyCookie struct {
 	rewrite   bool
 	learn     bool
 	learned   ipaffinity.Config // learn mode's table, kept across reloads
-	strict    bool
+	failure   affinity.Failure
 	varKey    string
 	pools     affinity.PoolCache[*reverseproxy.Upstream, poolState]
 	logger    *zap.Logger
@@ -229,7 +232,7 @@ func (s *StickyCookie) ProvisionHeader(ctx caddy.Context, policy string) error {
 func (s *StickyCookie) setup(ctx caddy.Context, policy string, c carrier) error {
 	s.policy, s.carrier = policy, c
 	s.rewrite, s.learn = s.Mode == ModeRewrite, s.Mode == ModeLearn
-	s.strict = s.OnFailure == "strict"
+	s.failure = map[string]affinity.Failure{"strict": affinity.Strict, "temporary": affinity.Temporary}[s.OnFailure]
 	if s.learn {
 		if s.IdleTimeout == 0 {
 			s.IdleTimeout = caddy.Duration(DefaultLearnIdle)
@@ -369,9 +372,9 @@ func (s *StickyCookie) validate() error {
 		return fmt.Errorf("same_site: none requires a Secure cookie; browsers reject it with secure never")
 	}
 	switch s.OnFailure {
-	case "", "rebind", "strict":
+	case "", "rebind", "strict", "temporary":
 	default:
-		return fmt.Errorf("on_failure: must be rebind or strict, got %q", s.OnFailure)
+		return fmt.Errorf("on_failure: must be rebind, strict or temporary, got %q", s.OnFailure)
 	}
 	if s.Path != "" && !strings.HasPrefix(s.Path, "/") {
 		return fmt.Errorf("path: must start with /, got %q", s.Path)
@@ -478,6 +481,7 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	result, reason := affinity.ResultNew, affinity.ReasonNone
 	var up *reverseproxy.Upstream
 	idx := -1
+	home := -1 // on a detour (on_failure temporary): the session's upstream
 	issued := affinity.UnixSeconds(now)
 	if st.valid {
 		i, ok := s.bound(ps, st)
@@ -494,13 +498,16 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 				result = affinity.ResultRebind
 			}
 		} else {
-			switch u := pool[i]; affinity.OnBound(u.Available(), st.triedUp(u), s.strict, affinity.Evicted(u.Dial, now)) {
+			switch u := pool[i]; affinity.OnBound(u.Available(), st.triedUp(u), s.failure, affinity.Evicted(u.Dial, now)) {
 			case affinity.Keep:
 				up, idx, result = u, i, affinity.ResultHit
 				issued = st.tok.Issued
 			case affinity.Refuse:
 				s.logDecision(r, "", affinity.ResultRebind, affinity.ReasonNone, "strict: session's upstream unavailable")
 				return nil
+			case affinity.Detour:
+				home, result = i, affinity.ResultRebind
+				issued = st.tok.Issued
 			default:
 				result = affinity.ResultRebind
 			}
@@ -513,6 +520,11 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 			result = affinity.ResultRebind
 		}
 		switch {
+		case home >= 0 && s.learn:
+			up = s.pickStable(pool, st, st.lkey.Hash())
+		case home >= 0:
+			// The same replacement on every request of the detour.
+			up = s.pickStable(pool, st, st.tok.Upstream)
 		case s.rewrite && result == affinity.ResultRebind && st.valid:
 			up = s.pickStable(pool, st, st.tok.Upstream)
 		case s.learn && result == affinity.ResultRebind && st.valid:
@@ -538,10 +550,16 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	st.tried = append(st.tried, up)
 	if idx >= 0 {
 		ps.counters[idx].Record(result, reason)
-		st.chosenID = ps.index.SigningID(idx)
+		// A detour leaves the session where it is: what the response
+		// re-sets still names its upstream.
+		bound := idx
+		if home >= 0 {
+			bound = home
+		}
+		st.chosenID = ps.index.SigningID(bound)
 		if s.learn {
-			st.chosenID = affinity.AddrHash(up.Dial)
-			if st.valid && result == affinity.ResultRebind {
+			st.chosenID = affinity.AddrHash(ps.addrs[bound])
+			if st.valid && result == affinity.ResultRebind && home < 0 {
 				// Written before the response leaves, for the session's
 				// next request, wherever it lands.
 				s.learned.Sessions().Put(st.lkey, st.chosenID, now)
@@ -555,7 +573,7 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	st.issued = issued
 	s.logDecision(r, up.Dial, result, reason, "")
 
-	if !s.rewrite && !s.learn && idx >= 0 {
+	if !s.rewrite && !s.learn && idx >= 0 && home < 0 {
 		needCookie := result != affinity.ResultHit || st.key != 0 || s.life.NeedsRefresh(st.tok, now)
 		// An earlier attempt's cookie must be replaced by this one's.
 		if needCookie || st.cookieSet {

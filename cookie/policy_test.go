@@ -19,7 +19,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -90,26 +89,8 @@ func testPool(n int) reverseproxy.UpstreamPool {
 	return p
 }
 
-// setAvailable marks u healthy or unhealthy as an active health check
-// would. Upstream.setHealthy is unexported in Caddy v2.11.9, and so is the
-// request count that makes an upstream Full, so the test sets the flag
-// behind Healthy directly, and checks that it took.
-func setAvailable(t testing.TB, u *reverseproxy.Upstream, on bool) {
-	t.Helper()
-	f := reflect.ValueOf(u).Elem().FieldByName("unhealthy")
-	if !f.IsValid() || f.Type() != reflect.TypeOf(atomic.Int32{}) {
-		t.Fatal("reverseproxy.Upstream has no 'unhealthy atomic.Int32' field; update setAvailable for this Caddy version")
-	}
-	flag := (*atomic.Int32)(unsafe.Pointer(f.UnsafeAddr()))
-	if on {
-		flag.Store(0)
-	} else {
-		flag.Store(1)
-	}
-	if u.Available() != on {
-		t.Fatalf("Available() = %v after setAvailable(%v)", u.Available(), on)
-	}
-}
+// setAvailable marks u healthy or unhealthy (testutil.SetAvailable).
+func setAvailable(t testing.TB, u *reverseproxy.Upstream, on bool) { testutil.SetAvailable(t, u, on) }
 
 // newRequest is a request as Caddy's server hands it on: with the vars map
 // and a replacer in its context.
@@ -202,7 +183,7 @@ func rejections(pool reverseproxy.UpstreamPool, reason affinity.Reason) uint64 {
 func TestProvisionDefaults(t *testing.T) {
 	s := provision(t, &StickyCookie{})
 	if s.Mode != ModeInsert || s.Name != "affinity" || s.Path != "/" || s.Secure != "auto" ||
-		s.SameSite != "auto" || s.OnFailure != "rebind" || s.rewrite || s.strict {
+		s.SameSite != "auto" || s.OnFailure != "rebind" || s.rewrite || s.failure != affinity.Rebind {
 		t.Fatalf("defaults: %+v", s)
 	}
 	if !s.attrs.HTTPOnly {
@@ -1401,5 +1382,54 @@ func TestSelectDrainDeadline(t *testing.T) {
 			t.Fatalf("strict %v: the moved session's new cookie names %v, not %v", strict, got, up)
 		}
 		affinity.SetDraining(pool[0].Dial, false)
+	}
+}
+
+// on_failure temporary: while the session's upstream is unavailable its
+// requests go to one replacement, with no new cookie; once it recovers they
+// return. A drain's deadline still moves the session for good.
+func TestSelectTemporaryFailover(t *testing.T) {
+	s := provision(t, &StickyCookie{OnFailure: "temporary", FallbackRaw: fallback("random")})
+	pool := testPool(4)
+	existing := insertCookie(s, pool, 0, time.Now(), time.Now())
+	setAvailable(t, pool[0], false)
+	var detour *reverseproxy.Upstream
+	for i := range 10 {
+		w := httptest.NewRecorder()
+		up := s.Select(pool, newRequest("affinity="+existing), w)
+		if up == nil || up == pool[0] || (detour != nil && up != detour) {
+			t.Fatalf("request %d during the outage: %v (first detour %v)", i, up, detour)
+		}
+		detour = up
+		if sc := w.Header()["Set-Cookie"]; len(sc) != 0 {
+			t.Fatalf("a detour re-issued the cookie: %q", sc)
+		}
+	}
+	setAvailable(t, pool[0], true)
+	if up := s.Select(pool, newRequest("affinity="+existing), httptest.NewRecorder()); up != pool[0] {
+		t.Fatalf("after recovery: %v, want the session's own %v", up, pool[0])
+	}
+}
+
+// Rewrite mode, on_failure temporary: a cookie the replacement sets during
+// the detour is rewritten with the session's own upstream, so the session
+// does not move.
+func TestRewriteTemporaryKeepsToken(t *testing.T) {
+	s := provision(t, &StickyCookie{Mode: ModeRewrite, Name: "SESSID", OnFailure: "temporary", FallbackRaw: fallback("random")})
+	pool := testPool(3)
+	r := newRequest("SESSID=" + routeToken(s, pool[1].Dial, time.Now()) + "~abc")
+	setAvailable(t, pool[1], false)
+	t.Cleanup(func() { setAvailable(t, pool[1], true) })
+	rec := httptest.NewRecorder()
+	up := serveThrough(t, s, pool, rec, r, 1, func(w http.ResponseWriter, r *http.Request) {
+		setBackendCookies(w, "SESSID=abc; Path=/")
+		w.WriteHeader(http.StatusOK)
+	})
+	if up == nil || up == pool[1] {
+		t.Fatalf("detour went to %v", up)
+	}
+	named, _, orig := routeOf(t, s, pool, cookieValue(rec.Result().Header["Set-Cookie"][0]))
+	if named != pool[1] || orig != "abc" {
+		t.Fatalf("the re-set cookie names %v (%q), want the session's own %v", named, orig, pool[1])
 	}
 }

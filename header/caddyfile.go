@@ -15,7 +15,7 @@ import (
 //		idle_timeout    <duration>
 //		max_lifetime    <duration>
 //		fallback        <policy> [<args...>] [{ ... }]
-//		on_failure      rebind|strict
+//		on_failure      rebind|strict|temporary
 //		balance_factor  <float>
 //		persist_timeout <duration>
 //		max_sessions    <count|size>
@@ -48,7 +48,7 @@ func (s *StickyHeader) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "fallback":
 			s.FallbackRaw, err = parse.Module(d, "http.reverse_proxy.selection_policies", "policy")
 		case "on_failure":
-			s.OnFailure, err = parse.Enum(d, "rebind", "strict")
+			s.OnFailure, err = parse.Enum(d, "rebind", "strict", "temporary")
 		case "balance_factor":
 			s.BalanceFactor, err = parse.Float(d, 1, 100)
 			if err == nil && s.BalanceFactor == 1 {

@@ -26,6 +26,10 @@ func TestCaddyfileEveryOption(t *testing.T) {
 			on_failure   strict
 		}`, `{"name":"Mcp-Session-Id","mode":"rewrite","secrets":["0123456789abcdef0123"],"max_lifetime":3600000000000,
 			"fallback":{"policy":"round_robin"},"on_failure":"strict"}`},
+		{`sticky_header Mcp-Session-Id {
+			mode       learn
+			on_failure temporary
+		}`, `{"name":"Mcp-Session-Id","mode":"learn","on_failure":"temporary"}`},
 		{`sticky_header X-Affinity {
 			mode         insert
 			secrets      0123456789abcdef0123 {env.OLD_AFFINITY_KEY}

@@ -88,7 +88,9 @@ type StickyHeader struct {
 
 	// What to do when the session's upstream is unavailable (insert and
 	// rewrite modes): `rebind` moves it, on the same request when retries
-	// allow; `strict` selects no upstream (503). Default: rebind.
+	// allow; `strict` selects no upstream (503); `temporary` sends its
+	// requests to a replacement without moving it, until it recovers.
+	// Default: rebind.
 	OnFailure string `json:"on_failure,omitempty"`
 
 	// Bounded loads (hash mode), as ip_affinity's balance_factor.
@@ -186,9 +188,9 @@ func (s *StickyHeader) validate() error {
 		return fmt.Errorf("name: %q cannot carry a session (use sticky_cookie for cookies)", s.Name)
 	}
 	switch s.OnFailure {
-	case "", "rebind", "strict":
+	case "", "rebind", "strict", "temporary":
 	default:
-		return fmt.Errorf("on_failure: must be rebind or strict, got %q", s.OnFailure)
+		return fmt.Errorf("on_failure: must be rebind, strict or temporary, got %q", s.OnFailure)
 	}
 	for _, d := range []struct {
 		name string

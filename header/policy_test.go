@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	"github.com/caddy-affinity/caddy-affinity/cookie"
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 )
 
 const testSecret = "header-test-secret-0123456789"
@@ -306,5 +307,29 @@ func TestRewriteOnUpgrade(t *testing.T) {
 	_, orig, ok := cookie.SplitRouted(w.Header().Get("X-Session"))
 	if w.Code != http.StatusSwitchingProtocols || !ok || orig != "ws-1" {
 		t.Fatalf("101 response: status %d, X-Session %q; want TOKEN~ws-1", w.Code, w.Header().Get("X-Session"))
+	}
+}
+
+// Learn mode, on_failure temporary: during the outage the session detours
+// without its entry changing, and returns once its upstream is back.
+func TestLearnTemporary(t *testing.T) {
+	pool := testPool(3)
+	s := provision(t, &StickyHeader{Name: "X-Session", Mode: ModeLearn, OnFailure: "temporary", Secrets: []string{testSecret},
+		FallbackRaw: json.RawMessage(`{"policy":"first"}`)})
+	if home, _ := serve(t, s, pool, request("", ""), func(*reverseproxy.Upstream) string { return "sess-t" }); home != pool[0] {
+		t.Fatalf("fallback first chose %v", home)
+	}
+	testutil.SetAvailable(t, pool[0], false)
+	var detour *reverseproxy.Upstream
+	for i := range 5 {
+		u, _ := serve(t, s, pool, request("X-Session", "sess-t"), nil)
+		if u == nil || u == pool[0] || (detour != nil && u != detour) {
+			t.Fatalf("request %d of the detour went to %v (first %v)", i, u, detour)
+		}
+		detour = u
+	}
+	testutil.SetAvailable(t, pool[0], true)
+	if u, _ := serve(t, s, pool, request("X-Session", "sess-t"), nil); u != pool[0] {
+		t.Fatalf("after the outage: %v, want %v (the entry must not have moved)", u, pool[0])
 	}
 }
