@@ -137,7 +137,7 @@ func (adminAffinity) handleDrain(on bool) func(http.ResponseWriter, *http.Reques
 				return caddy.APIError{HTTPStatus: http.StatusBadRequest,
 					Err: fmt.Errorf(`"deadline" must be a positive duration such as "10m" or "1h30m", got %q`, req.Deadline)}
 			}
-			deadline = time.Now().Add(dur).Truncate(time.Second)
+			deadline = time.Now().Add(dur)
 		}
 		req.Address = strings.TrimSpace(req.Address)
 		if req.Address == "" {
