@@ -19,6 +19,8 @@ import (
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/caddy-affinity/caddy-affinity/admin"
 )
 
 func init() {
@@ -135,21 +137,8 @@ func printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-// upstream is one element of GET /affinity/upstreams.
-type upstream struct {
-	Address  string         `json:"address"`
-	Policies []string       `json:"policies"`
-	Draining bool           `json:"draining"`
-	Deadline *time.Time     `json:"deadline,omitempty"`
-	Sessions int            `json:"sessions"`
-	Hits     uint64         `json:"hits"`
-	New      uint64         `json:"new"`
-	Rebinds  uint64         `json:"rebinds"`
-	Rejected map[string]any `json:"rejected"`
-}
-
 func runStatus(cmd *cobra.Command, _ []string) error {
-	var ups []upstream
+	var ups []admin.UpstreamStatus
 	if _, err := call(cmd, http.MethodGet, "/affinity/upstreams", nil, &ups); err != nil {
 		return err
 	}
@@ -203,14 +192,6 @@ func runDrain(on bool) func(*cobra.Command, []string) error {
 	}
 }
 
-// session is one element of GET /affinity/sessions.
-type session struct {
-	Policy   string    `json:"policy"`
-	Client   string    `json:"client"`
-	Upstream string    `json:"upstream"`
-	LastSeen time.Time `json:"last_seen"`
-}
-
 func runSessions(cmd *cobra.Command, _ []string) error {
 	limit, _ := cmd.Flags().GetInt("limit")
 	policy, _ := cmd.Flags().GetString("policy")
@@ -219,10 +200,10 @@ func runSessions(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("--limit must be from 1 to 10000, got %d", limit)
 	}
 	// The admin API pages the whole list; filters apply here.
-	out := []session{}
+	out := []admin.SessionEntry{}
 	total := 0
 	for offset := 0; len(out) < limit; offset += 10000 {
-		var page []session
+		var page []admin.SessionEntry
 		h, err := call(cmd, http.MethodGet, "/affinity/sessions?"+url.Values{
 			"limit": {"10000"}, "offset": {strconv.Itoa(offset)}}.Encode(), nil, &page)
 		if err != nil {

@@ -286,3 +286,26 @@ func TestValidateCookiePrefixes(t *testing.T) {
 		}
 	}
 }
+
+// The learn-mode options, and on_failure temporary, parse into their JSON.
+func TestUnmarshalCaddyfileLearnOptions(t *testing.T) {
+	for _, tc := range []struct{ input, want string }{
+		{`sticky_cookie JSESSIONID {
+			mode         learn
+			idle_timeout 1h
+			max_sessions 50k
+			on_failure   temporary
+		}`, `{"mode":"learn","name":"JSESSIONID","idle_timeout":3600000000000,"max_sessions":50000,"on_failure":"temporary"}`},
+		{`sticky_cookie JSESSIONID {
+			mode         learn
+			max_sessions 16MiB
+		}`, `{"mode":"learn","name":"JSESSIONID","max_sessions_bytes":16777216}`},
+	} {
+		s, err := parseCaddyfile(tc.input)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.input, err)
+		}
+		out, _ := json.Marshal(s)
+		testutil.SameJSON(t, tc.input, out, tc.want)
+	}
+}
