@@ -31,6 +31,11 @@ type ClientKey struct {
 // a 128-bit hash of the value, never the value.
 const famNamed = 'n'
 
+// famStored marks the key a shared store (a Backing) keeps an entry under:
+// a keyed hash of the client's key. bits is 1 when its first four bytes
+// tag the client's network, 0 when it has none.
+const famStored = 's'
+
 // NamedKey returns the key of a session named by value, such as the value
 // of a header sticky_header hashes: two 64-bit xxHash digests of it, the
 // same in every process (every instance routes a value alike), so the
@@ -45,6 +50,58 @@ func NamedKey(value string) ClientKey {
 }
 
 const namedSeed = 0x6166_6669_6e69_7479 // "affinity"
+
+// StoredKey returns the key a Backing keeps an entry under, made of the
+// first 16 bytes of digest (a keyed hash of the client's key). With network
+// set, the first four bytes are a keyed hash of the client's network, so
+// the per-network limit of the table caching the store still holds.
+func StoredKey(digest []byte, network bool) ClientKey {
+	k := ClientKey{fam: famStored}
+	if network {
+		k.bits = 1
+	}
+	copy(k.addr[:], digest)
+	return k
+}
+
+// Stored reports whether k is a StoredKey.
+func (k ClientKey) Stored() bool { return k.fam == famStored }
+
+// AppendBinary appends k's family, prefix length and the 16 bytes of its address
+// or hash to b: the input of a store's keyed hash.
+func (k ClientKey) AppendBinary(b []byte) []byte {
+	b = append(b, k.fam, k.bits)
+	return append(b, k.addr[:]...)
+}
+
+// Network appends the network of an IP key (its IPv4 /24 or IPv6 /48 and
+// family) to b and reports whether k has one; named and stored keys have
+// none of their own.
+func (k ClientKey) Network(b []byte) ([]byte, bool) {
+	var n [8]byte
+	if !k.network(&n) {
+		return b, false
+	}
+	return append(b, n[:]...), true
+}
+
+// network writes the network of an IP key to n.
+func (k ClientKey) network(n *[8]byte) bool {
+	switch k.fam {
+	case 4:
+		a := binary.BigEndian.Uint32(k.addr[:4]) & ^(^uint32(0) >> min(k.bits, networkBitsV4))
+		binary.BigEndian.PutUint32(n[:4], a)
+		n[4] = 4
+	case 6:
+		hi := binary.BigEndian.Uint64(k.addr[:8]) & ^(^uint64(0) >> min(k.bits, networkBitsV6))
+		binary.BigEndian.PutUint64(n[:], hi)
+		// The low 16 bits of a /48 are zero: room for the family.
+		n[7] = 6
+	default:
+		return false
+	}
+	return true
+}
 
 // namedKeyOf is the named key made of the first 16 bytes of digest.
 func namedKeyOf(digest []byte) ClientKey {
@@ -131,6 +188,13 @@ func ParseClientKey(s string) (ClientKey, error) {
 		k.fam, k.bits = famNamed, 128
 		return k, nil
 	}
+	if h, ok := strings.CutPrefix(s, storedPrefix); ok {
+		var b [17]byte
+		if n, err := hex.Decode(b[:], []byte(h)); err != nil || n != len(b) || len(h) != 2*len(b) || b[0] > 1 {
+			return ClientKey{}, errors.New("affinity: invalid stored key " + quoteShort(s))
+		}
+		return StoredKey(b[1:], b[0] == 1), nil
+	}
 	if strings.IndexByte(s, '/') >= 0 {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -186,7 +250,7 @@ func (k ClientKey) Addr() netip.Addr {
 // Prefix returns k as a prefix, such as 10.1.2.0/24 (the zero Prefix if k
 // is invalid or named).
 func (k ClientKey) Prefix() netip.Prefix {
-	if k.fam == 0 || k.fam == famNamed {
+	if k.fam == 0 || k.fam == famNamed || k.fam == famStored {
 		return netip.Prefix{}
 	}
 	return netip.PrefixFrom(k.Addr(), int(k.bits))
@@ -200,9 +264,15 @@ func (k ClientKey) String() string {
 		return "invalid"
 	case famNamed:
 		return namedPrefix + hex.EncodeToString(k.addr[:])
+	case famStored:
+		return storedPrefix + hex.EncodeToString(append([]byte{k.bits}, k.addr[:]...))
 	}
 	return k.Prefix().String()
 }
+
+// storedPrefix starts the String of a StoredKey: its network flag and hash
+// in hex (34 digits), as a store names the entry.
+const storedPrefix = "stored:"
 
 // namedPrefix starts the String of a NamedKey: its hash in hex.
 const namedPrefix = "key:"
@@ -213,7 +283,7 @@ func (k ClientKey) MarshalText() ([]byte, error) {
 	switch k.fam {
 	case 0:
 		return []byte{}, nil
-	case famNamed:
+	case famNamed, famStored:
 		return []byte(k.String()), nil
 	}
 	return k.Prefix().AppendTo(nil), nil
@@ -243,7 +313,7 @@ func (k ClientKey) Hash() uint64 {
 	switch k.fam {
 	case 4:
 		return hash4(binary.BigEndian.Uint32(k.addr[:4]), k.bits)
-	case 6, famNamed:
+	case 6, famNamed, famStored:
 		hi, lo := binary.BigEndian.Uint64(k.addr[:8]), binary.BigEndian.Uint64(k.addr[8:])
 		return xxh64Uint64(lo, xxh64Uint64(hi, meta))
 	}

@@ -1,7 +1,6 @@
 package affinity
 
 import (
-	"encoding/binary"
 	"fmt"
 	"hash/maphash"
 	"sync/atomic"
@@ -102,17 +101,13 @@ func (c *networkCounts) remove(h uint64) {
 // networkHash is the table's seeded hash of the network of k.
 func (t *SessionTable) networkHash(k ClientKey) uint64 {
 	var b [8]byte
-	switch k.fam {
-	case 4:
-		a := binary.BigEndian.Uint32(k.addr[:4]) & ^(^uint32(0) >> min(k.bits, networkBitsV4))
-		binary.BigEndian.PutUint32(b[:4], a)
-		b[4] = 4
-	case 6:
-		hi := binary.BigEndian.Uint64(k.addr[:8]) & ^(^uint64(0) >> min(k.bits, networkBitsV6))
-		binary.BigEndian.PutUint64(b[:], hi)
-		// The low 16 bits of a /48 are zero: room for the family.
-		b[7] = 6
-	case famNamed:
+	switch {
+	case k.network(&b):
+	case k.fam == famStored && k.bits == 1:
+		// The store's tag of the client's network.
+		copy(b[:4], k.addr[:4])
+		b[4] = famStored
+	default:
 		// A chosen key has no network: each is its own, never limited.
 		copy(b[:], k.addr[:8])
 	}

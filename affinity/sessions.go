@@ -55,6 +55,8 @@ type SessionTable struct {
 	ttl    uint32 // whole seconds; 0 means entries never expire
 	seed   maphash.Seed
 	nets   networkCounts
+	// backing is the shared store the table caches, or nil.
+	backing Backing
 }
 
 // A Session is one entry of a SessionTable.
@@ -154,10 +156,27 @@ func (t *SessionTable) expired(seen, now uint32) bool {
 // Get returns the upstream ID stored for k and refreshes the entry's last
 // seen time to now. An entry idle for longer than the TTL is removed and
 // reported absent. The invalid key is never stored.
+//
+// With a Backing, a key the table does not hold is looked up in the store
+// and kept.
 func (t *SessionTable) Get(k ClientKey, now time.Time) (id uint64, ok bool) {
 	if t == nil || len(t.shards) == 0 || !k.IsValid() {
 		return 0, false
 	}
+	if t.backing == nil {
+		return t.get(k, now)
+	}
+	k = t.backing.Key(k)
+	if id, ok = t.get(k, now); ok {
+		return id, true
+	}
+	if id, ok = t.backing.Load(k); ok {
+		t.put(k, id, now)
+	}
+	return id, ok
+}
+
+func (t *SessionTable) get(k ClientKey, now time.Time) (id uint64, ok bool) {
 	h := t.hash(k)
 	s := t.shard(h)
 	sec := sessionClock(now)
@@ -182,10 +201,28 @@ func (t *SessionTable) Get(k ClientKey, now time.Time) (id uint64, ok bool) {
 // recently used end, then of the least recently used entry if the table is
 // full. A new key of a network that holds its limit of entries is not
 // stored, and neither is the invalid key.
+//
+// With a Backing, a new entry or a changed upstream is written to the store
+// before Put returns; one the table refuses is not.
 func (t *SessionTable) Put(k ClientKey, id uint64, now time.Time) bool {
 	if t == nil || len(t.shards) == 0 || !k.IsValid() {
 		return false
 	}
+	if t.backing == nil {
+		ok, _ := t.put(k, id, now)
+		return ok
+	}
+	k = t.backing.Key(k)
+	ok, changed := t.put(k, id, now)
+	if changed {
+		t.backing.Save(k, id)
+	}
+	return ok
+}
+
+// put stores id for k and reports whether k has an entry now and whether
+// it is new or was bound to another upstream.
+func (t *SessionTable) put(k ClientKey, id uint64, now time.Time) (ok, changed bool) {
 	h := t.hash(k)
 	s := t.shard(h)
 	sec := sessionClock(now)
@@ -196,10 +233,11 @@ func (t *SessionTable) Put(k ClientKey, id uint64, now time.Time) bool {
 		if e.id != id {
 			s.countID(e.id, -1)
 			s.countID(id, 1)
+			changed = true
 		}
 		e.id, e.seen = id, max(e.seen, sec)
 		s.toFront(ref)
-		return true
+		return true, changed
 	}
 	for range sessionTrim {
 		if s.tail == 0 || !t.expired(s.entry(s.tail).seen, sec) {
@@ -208,7 +246,7 @@ func (t *SessionTable) Put(k ClientKey, id uint64, now time.Time) bool {
 		s.removeTail()
 	}
 	if !t.nets.add(t.networkHash(k)) {
-		return false
+		return false, false
 	}
 	if s.n >= s.max {
 		s.removeTail()
@@ -219,12 +257,25 @@ func (t *SessionTable) Put(k ClientKey, id uint64, now time.Time) bool {
 	s.pushFront(ref)
 	s.n++
 	s.countID(id, 1)
-	return true
+	return true, true
 }
 
 // Delete removes the entry of k and reports whether there was one.
+// With a Backing, it is deleted from the store too.
 func (t *SessionTable) Delete(k ClientKey) bool {
 	if t == nil || len(t.shards) == 0 || !k.IsValid() {
+		return false
+	}
+	if t.backing == nil {
+		return t.del(k)
+	}
+	k = t.backing.Key(k)
+	t.backing.Remove(k)
+	return t.del(k)
+}
+
+func (t *SessionTable) del(k ClientKey) bool {
+	if len(t.shards) == 0 || !k.IsValid() {
 		return false
 	}
 	h := t.hash(k)
@@ -241,12 +292,19 @@ func (t *SessionTable) Delete(k ClientKey) bool {
 
 // DeleteID removes every entry bound to the upstream id (to flush an
 // upstream's sessions) and returns how many it removed. It takes time
-// proportional to the table's size.
-func (t *SessionTable) DeleteID(id uint64) int {
+// proportional to the table's size. With a Backing, it deletes them from
+// the store and returns how many the store held.
+func (t *SessionTable) DeleteID(id uint64) (removed int) {
 	if t == nil {
 		return 0
 	}
-	removed := 0
+	if t.backing != nil {
+		defer func() { removed = t.backing.RemoveID(id) }()
+	}
+	return t.deleteID(id)
+}
+
+func (t *SessionTable) deleteID(id uint64) (removed int) {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
@@ -293,8 +351,20 @@ func (t *SessionTable) Sweep(now time.Time) int {
 }
 
 // Len returns the number of entries, including expired ones not yet
-// dropped.
+// dropped; with a Backing, of the store.
 func (t *SessionTable) Len() int {
+	if t == nil {
+		return 0
+	}
+	if t.backing != nil {
+		return t.backing.Len()
+	}
+	return t.Cached()
+}
+
+// Cached returns the number of entries in the table itself: with a
+// Backing, of its local cache.
+func (t *SessionTable) Cached() int {
 	if t == nil {
 		return 0
 	}
@@ -320,11 +390,19 @@ func (t *SessionTable) Max() int {
 	return n
 }
 
-// Flush removes every entry and releases the table's memory.
+// Flush removes every entry and releases the table's memory; with a
+// Backing, every entry of the store too.
 func (t *SessionTable) Flush() {
 	if t == nil {
 		return
 	}
+	if t.backing != nil {
+		t.backing.Clear()
+	}
+	t.flush()
+}
+
+func (t *SessionTable) flush() {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
@@ -342,7 +420,8 @@ func (t *SessionTable) Flush() {
 // by shard, most recently used first within a shard; the order is stable
 // while the table is not used. Expired entries not yet dropped are
 // included (call Sweep first to leave them out). fn runs without any lock
-// held and may use the table.
+// held and may use the table. With a Backing, Range covers the local cache
+// (Page lists the store).
 func (t *SessionTable) Range(offset, limit int, fn func(k ClientKey, id uint64, lastSeen time.Time)) {
 	if t == nil {
 		return
@@ -379,8 +458,12 @@ func (t *SessionTable) Range(offset, limit int, fn func(k ClientKey, id uint64, 
 	}
 }
 
-// Page returns the entries Range would pass to fn.
+// Page returns the entries Range would pass to fn; with a Backing, the
+// store's, in its order.
 func (t *SessionTable) Page(offset, limit int) []Session {
+	if t != nil && t.backing != nil {
+		return t.backing.Page(offset, limit)
+	}
 	var page []Session
 	t.Range(offset, limit, func(k ClientKey, id uint64, seen time.Time) {
 		page = append(page, Session{Key: k, ID: id, LastSeen: seen})
@@ -391,7 +474,13 @@ func (t *SessionTable) Page(offset, limit int) []Session {
 // CountByID returns the number of entries per upstream ID, expired ones not
 // yet dropped included. The table keeps these counts as it changes, so this
 // takes time proportional to the number of upstreams, not of entries.
+//
+// With a Backing, it counts the store's entries, which takes time
+// proportional to the store's size.
 func (t *SessionTable) CountByID() map[uint64]int {
+	if t != nil && t.backing != nil {
+		return t.backing.CountByID()
+	}
 	counts := make(map[uint64]int)
 	if t == nil {
 		return counts

@@ -6,6 +6,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-affinity/caddy-affinity/internal/parse"
+	"github.com/caddy-affinity/caddy-affinity/store"
 )
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
@@ -17,6 +18,7 @@ import (
 //		idle_timeout   <duration>
 //		max_lifetime   <duration>
 //		max_sessions   <count|size>
+//		store          memory | redis <address> [{ ... }]
 //		path           <path>
 //		domain         <domain>
 //		secure         auto|always|never
@@ -77,6 +79,8 @@ func (s *StickyCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			s.NoCache, err = parse.OnOff(d)
 		case "max_sessions":
 			s.MaxSessions, s.MaxSessionsBytes, err = parse.CountOrSize(d)
+		case "store":
+			s.Store, err = store.Parse(d)
 		case "fallback":
 			s.FallbackRaw, err = parse.Module(d, "http.reverse_proxy.selection_policies", "policy")
 		case "on_failure":

@@ -24,6 +24,7 @@ import (
 	"github.com/caddy-affinity/caddy-affinity/internal/caddyutil"
 	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
 	"github.com/caddy-affinity/caddy-affinity/ipaffinity"
+	"github.com/caddy-affinity/caddy-affinity/store"
 )
 
 func init() {
@@ -97,6 +98,11 @@ type StickyCookie struct {
 	// Bound of that table as a memory size in bytes; overrides
 	// max_sessions.
 	MaxSessionsBytes uint64 `json:"max_sessions_bytes,omitempty"`
+
+	// Where learn mode's table lives: in this process (memory, the
+	// default) or in a Redis store that every instance shares, with this
+	// process's table as its cache (see package store).
+	Store *store.Config `json:"store,omitempty"`
 
 	// The absolute lifetime of a binding, checked on the server against the
 	// signed issue time, in both modes. Default: none.
@@ -237,7 +243,8 @@ func (s *StickyCookie) setup(ctx caddy.Context, policy string, c carrier) error 
 		if s.IdleTimeout == 0 {
 			s.IdleTimeout = caddy.Duration(DefaultLearnIdle)
 		}
-		s.learned = ipaffinity.Config{PersistTimeout: s.IdleTimeout, MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes}
+		s.learned = ipaffinity.Config{PersistTimeout: s.IdleTimeout, MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes,
+			Store: s.Store, StoreTable: c.kind() + ":" + s.Name}
 		if err := s.learned.Provision(ctx, policy, "learn="+c.kind()+":"+s.Name); err != nil {
 			return err
 		}
@@ -349,6 +356,12 @@ func (s *StickyCookie) validate() error {
 	}
 	if mode != ModeLearn && (s.MaxSessions != 0 || s.MaxSessionsBytes != 0) {
 		return fmt.Errorf("max_sessions: applies to learn mode only, whose table it bounds")
+	}
+	if mode != ModeLearn && s.Store.Backed() {
+		return fmt.Errorf("store: applies to learn mode only, whose table it holds; tokens need no store")
+	}
+	if err := s.Store.Check(); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		name string
@@ -718,8 +731,8 @@ func (st *reqState) consider(tok string) {
 // first value's key is kept for a session to be learned or moved.
 func (st *reqState) recall(value string) {
 	s, table := st.policy, st.policy.learned.Sessions()
-	for i := range s.keys.Len() {
-		k := s.keys.ValueKey(i, value)
+	for i := range s.learnKeys() {
+		k := s.learnKey(i, value)
 		if i == 0 && !st.hasLKey {
 			st.lkey, st.hasLKey = k, true
 		}
@@ -729,7 +742,7 @@ func (st *reqState) recall(value string) {
 		}
 		if i > 0 {
 			table.Delete(k)
-			k = s.keys.ValueKey(0, value)
+			k = s.learnKey(0, value)
 			table.Put(k, id, st.now)
 		}
 		st.lkey, st.tok, st.valid = k, affinity.Token{Upstream: id}, true
@@ -752,8 +765,28 @@ func (st *reqState) learn(h http.Header, now time.Time) {
 			}
 			return
 		}
-		table.Put(s.keys.ValueKey(0, v), st.chosenID, now)
+		table.Put(s.learnKey(0, v), st.chosenID, now)
 	})
+}
+
+// learnKeys is how many keys a learned value may be under: one per key of
+// the keyring, or one with a shared store, which keys entries with its own
+// HMAC, the same in every instance.
+func (s *StickyCookie) learnKeys() int {
+	if s.learned.Sessions().Backing() != nil {
+		return 1
+	}
+	return s.keys.Len()
+}
+
+// learnKey is the table key of a learned value under key i: an HMAC under
+// the keyring's key i, or with a shared store the value's NamedKey, which
+// the store's HMAC keys.
+func (s *StickyCookie) learnKey(i int, value string) affinity.ClientKey {
+	if s.learned.Sessions().Backing() != nil {
+		return affinity.NamedKey(value)
+	}
+	return s.keys.ValueKey(i, value)
 }
 
 // routed notes the backend's own value of a rewrite-mode request (the

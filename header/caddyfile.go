@@ -5,6 +5,7 @@ import (
 
 	"github.com/caddy-affinity/caddy-affinity/cookie"
 	"github.com/caddy-affinity/caddy-affinity/internal/parse"
+	"github.com/caddy-affinity/caddy-affinity/store"
 )
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
@@ -19,6 +20,7 @@ import (
 //		balance_factor  <float>
 //		persist_timeout <duration>
 //		max_sessions    <count|size>
+//		store           memory | redis <address> [{ ... }]
 //	}
 func (s *StickyHeader) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume policy name
@@ -58,6 +60,8 @@ func (s *StickyHeader) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			s.PersistTimeout, err = parse.Duration(d)
 		case "max_sessions":
 			s.MaxSessions, s.MaxSessionsBytes, err = parse.CountOrSize(d)
+		case "store":
+			s.Store, err = store.Parse(d)
 		default:
 			return parse.Unknown(d)
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/caddy-affinity/caddy-affinity/cookie"
 	"github.com/caddy-affinity/caddy-affinity/internal/caddyutil"
 	"github.com/caddy-affinity/caddy-affinity/ipaffinity"
+	"github.com/caddy-affinity/caddy-affinity/store"
 )
 
 func init() {
@@ -109,6 +110,11 @@ type StickyHeader struct {
 	// modes); overrides max_sessions.
 	MaxSessionsBytes uint64 `json:"max_sessions_bytes,omitempty"`
 
+	// Where the table of learn or hash mode lives: in this process
+	// (memory, the default) or in a Redis store that every instance
+	// shares, with this process's table as its cache (see package store).
+	Store *store.Config `json:"store,omitempty"`
+
 	tokens   *cookie.StickyCookie // insert and rewrite modes
 	hash     ipaffinity.Config    // hash mode
 	core     ipaffinity.Core[*reverseproxy.Upstream]
@@ -142,7 +148,7 @@ func (s *StickyHeader) Provision(ctx caddy.Context) error {
 			Mode: s.Mode, Name: s.canon, Secrets: s.Secrets,
 			IdleTimeout: s.IdleTimeout, MaxLifetime: s.MaxLifetime,
 			MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes,
-			FallbackRaw: s.FallbackRaw, OnFailure: s.OnFailure,
+			FallbackRaw: s.FallbackRaw, OnFailure: s.OnFailure, Store: s.Store,
 		}
 		return s.tokens.ProvisionHeader(ctx, PolicyName)
 	}
@@ -154,6 +160,7 @@ func (s *StickyHeader) Provision(ctx caddy.Context) error {
 	s.hash = ipaffinity.Config{
 		BalanceFactor: s.BalanceFactor, PersistTimeout: s.PersistTimeout,
 		MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes,
+		Store: s.Store, StoreTable: "hash:" + s.canon,
 	}
 	if err := s.hash.Provision(ctx, PolicyName, "header="+s.canon); err != nil {
 		return err
@@ -213,6 +220,7 @@ func (s *StickyHeader) validate() error {
 		{"balance_factor", s.BalanceFactor != 0, "hash"},
 		{"persist_timeout", s.PersistTimeout != 0, "hash"},
 		{"max_sessions", s.MaxSessions != 0 || s.MaxSessionsBytes != 0, "hash learn"},
+		{"store", s.Store.Backed(), "hash learn"},
 	} {
 		if o.set && !strings.Contains(o.modes, mode) {
 			return fmt.Errorf("%s: applies to %s mode only, not %s", o.name, modeList(o.modes), mode)
@@ -220,7 +228,7 @@ func (s *StickyHeader) validate() error {
 	}
 	if mode == ModeHash {
 		if err := (&ipaffinity.Config{BalanceFactor: s.BalanceFactor, PersistTimeout: s.PersistTimeout,
-			MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes}).Check(); err != nil {
+			MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes, Store: s.Store}).Check(); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ package ipaffinity
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 	"github.com/caddy-affinity/caddy-affinity/internal/decisionlog"
 	"github.com/caddy-affinity/caddy-affinity/internal/parse"
+	"github.com/caddy-affinity/caddy-affinity/store"
 )
 
 // Config holds the options both ip_affinity policies have. It is embedded
@@ -62,6 +64,16 @@ type Config struct {
 	// Default: 1 % of the table, at least 512. It may not be below 1/1024
 	// of the table.
 	MaxSessionsPerNetwork int `json:"max_sessions_per_network,omitempty"`
+
+	// Where the session table lives: in this process (memory, the default)
+	// or in a Redis store every instance shares, with this process's table
+	// as its cache. Needs persist_timeout, after which the store expires
+	// an idle entry.
+	Store *store.Config `json:"store,omitempty"`
+
+	// The table's name in a shared store when the store names none: "ip"
+	// for the ip_affinity policies; learn mode sets its own.
+	StoreTable string `json:"-"`
 
 	opts     affinity.IPOptions
 	sessions *affinity.SessionTable
@@ -105,6 +117,12 @@ func (c *Config) Check() error {
 	if c.MaxSessionsPerNetwork > 0 && c.PersistTimeout == 0 {
 		return fmt.Errorf("max_sessions_per_network: bounds the session table, which persist_timeout turns on; set persist_timeout")
 	}
+	if c.Store.Backed() && c.PersistTimeout == 0 {
+		return fmt.Errorf("store: holds the session table, which persist_timeout turns on; set persist_timeout")
+	}
+	if err := c.Store.Check(); err != nil {
+		return err
+	}
 	if c.MaxSessionsPerNetwork > 0 {
 		if err := affinity.CheckNetworkLimit(c.tableSize(), c.MaxSessionsPerNetwork); err != nil {
 			return fmt.Errorf("max_sessions_per_network: %v", err)
@@ -133,11 +151,15 @@ var tables = caddy.NewUsagePool()
 type tableValue struct {
 	policy string
 	t      *affinity.SessionTable
+	store  *store.Table // nil in memory
 }
 
 // Destruct unregisters the table when no config uses it any more.
 func (v *tableValue) Destruct() error {
 	affinity.UnregisterTable(v.t)
+	if v.store != nil {
+		return v.store.Close()
+	}
 	return nil
 }
 
@@ -205,13 +227,35 @@ func (c *Config) Provision(ctx caddy.Context, policy, scope string) error {
 		scope = strings.Join(srv.Listen, ",") + "|" + scope
 	}
 	key := fmt.Sprintf("%s/scope=%s/v4=%d/v6=%d/ttl=%s/max=%d/net=%d", policy, scope, c.IPv4Prefix, c.IPv6Prefix, time.Duration(c.PersistTimeout), max, perNet)
+	if c.Store.Backed() {
+		r, err := json.Marshal(c.Store.Redis)
+		if err != nil {
+			return err
+		}
+		key += "/store=" + string(r)
+		if err := store.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
+			return err
+		}
+	}
 	load := any(ctx.GetMetricsRegistry())
 	key = fmt.Sprintf("%s#%d", key, ordinal(load, key))
 	context.AfterFunc(ctx, func() { forgetOrdinals(load) })
 	v, _, err := tables.LoadOrNew(key, func() (caddy.Destructor, error) {
 		t := affinity.NewSessionTableLimit(max, time.Duration(c.PersistTimeout), perNet)
+		v := &tableValue{policy: policy, t: t}
+		if c.Store.Backed() {
+			name := c.StoreTable
+			if name == "" {
+				name = "ip"
+			}
+			st, err := store.Open(c.Store, name, time.Duration(c.PersistTimeout), t)
+			if err != nil {
+				return nil, fmt.Errorf("store: %v", err)
+			}
+			v.store = st
+		}
 		affinity.RegisterTable(policy, t)
-		return &tableValue{policy: policy, t: t}, nil
+		return v, nil
 	})
 	if err != nil {
 		return err
@@ -268,6 +312,8 @@ func (c *Config) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 		c.MaxSessions, c.MaxSessionsBytes, err = parse.CountOrSize(d)
 	case "max_sessions_per_network":
 		c.MaxSessionsPerNetwork, err = parse.Int(d, 1, math.MaxInt32)
+	case "store":
+		c.Store, err = store.Parse(d)
 	default:
 		return false, nil
 	}

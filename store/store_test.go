@@ -1,0 +1,301 @@
+package store
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
+)
+
+func ipKey(s string) affinity.ClientKey {
+	return affinity.MaskClient(netip.MustParseAddr(s), 32, 64)
+}
+
+// redisTable opens a table named name in srv; timeout tells pools apart,
+// so two tables of different timeouts are two instances, each with its own
+// connections and events.
+func redisTable(t *testing.T, srv *testutil.RedisServer, name string, timeout time.Duration) *affinity.SessionTable {
+	t.Helper()
+	st := affinity.NewSessionTable(1000, time.Hour)
+	tb, err := Open(&Config{Redis: &Redis{Address: srv.Addr, Timeout: caddy.Duration(timeout)}}, name, time.Hour, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tb.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return st
+}
+
+// The store contract: what every policy relies on of its session table,
+// whichever store holds it.
+func TestStoreContract(t *testing.T) {
+	stores := map[string]func(t *testing.T) *affinity.SessionTable{
+		"memory": func(*testing.T) *affinity.SessionTable { return affinity.NewSessionTable(1000, time.Hour) },
+		"redis": func(t *testing.T) *affinity.SessionTable {
+			return redisTable(t, testutil.StartRedis(t), "contract", time.Second)
+		},
+	}
+	for name, open := range stores {
+		t.Run(name, func(t *testing.T) {
+			st := open(t)
+			now := time.Now()
+			a, b, c := ipKey("192.0.2.1"), ipKey("2001:db8::1"), affinity.NamedKey("session-id")
+			if _, ok := st.Get(a, now); ok {
+				t.Fatal("Get of a new key found an entry")
+			}
+			for i, k := range []affinity.ClientKey{a, b, c} {
+				if !st.Put(k, uint64(i+1), now) {
+					t.Fatalf("Put %v refused", k)
+				}
+			}
+			for i, k := range []affinity.ClientKey{a, b, c} {
+				if id, ok := st.Get(k, now); !ok || id != uint64(i+1) {
+					t.Errorf("Get %v = %d, %v; want %d", k, id, ok, i+1)
+				}
+			}
+			st.Put(a, 7, now) // a rebind
+			if id, _ := st.Get(a, now); id != 7 {
+				t.Errorf("after a rebind Get = %d, want 7", id)
+			}
+			if n := st.Len(); n != 3 {
+				t.Errorf("Len = %d, want 3", n)
+			}
+			if got := st.CountByID(); got[7] != 1 || got[2] != 1 || got[3] != 1 || len(got) != 3 {
+				t.Errorf("CountByID = %v", got)
+			}
+			page := st.Page(0, 10)
+			if len(page) != 3 {
+				t.Fatalf("Page = %v, want 3 entries", page)
+			}
+			ids := map[uint64]bool{}
+			for _, s := range page {
+				ids[s.ID] = true
+				if s.LastSeen.IsZero() || s.LastSeen.After(time.Now().Add(time.Second)) {
+					t.Errorf("entry last seen %v", s.LastSeen)
+				}
+			}
+			if !ids[7] || !ids[2] || !ids[3] {
+				t.Errorf("Page ids = %v", ids)
+			}
+			if p := st.Page(1, 1); len(p) != 1 {
+				t.Errorf("Page(1, 1) = %v, want one entry", p)
+			}
+			if !st.Delete(b) {
+				t.Error("Delete of an entry reported none")
+			}
+			if _, ok := st.Get(b, now); ok {
+				t.Error("Get after Delete found the entry")
+			}
+			if n := st.DeleteID(7); n != 1 {
+				t.Errorf("DeleteID(7) = %d, want 1", n)
+			}
+			if _, ok := st.Get(a, now); ok {
+				t.Error("Get after DeleteID found the entry")
+			}
+			st.Put(a, 1, now)
+			st.Flush()
+			for _, k := range []affinity.ClientKey{a, c} {
+				if _, ok := st.Get(k, now); ok {
+					t.Errorf("Get %v after Flush found an entry", k)
+				}
+			}
+			if n := st.Len(); n != 0 {
+				t.Errorf("Len after Flush = %d", n)
+			}
+		})
+	}
+}
+
+// Two instances on one Redis: what one writes the other finds, a rebind
+// reaches the other's cached copy by an event, a cached entry costs no
+// round trip, and the store never holds a client's address or session id.
+func TestRedisFleet(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	a := redisTable(t, srv, "fleet", time.Second)
+	b := redisTable(t, srv, "fleet", 2*time.Second) // another pool: another instance
+	now := time.Now()
+	ip, sess := ipKey("198.51.100.7"), affinity.NamedKey("JSESSIONID-value-1234")
+	a.Put(ip, 11, now)
+	a.Put(sess, 12, now)
+	if id, ok := b.Get(ip, now); !ok || id != 11 {
+		t.Fatalf("the other instance found %d, %v; want 11", id, ok)
+	}
+	if id, ok := b.Get(sess, now); !ok || id != 12 {
+		t.Fatalf("the other instance found %d, %v; want 12", id, ok)
+	}
+
+	// Cached now: further requests make no round trip.
+	before := srv.CommandCalls()["get"]
+	for range 100 {
+		b.Get(ip, now)
+		a.Get(ip, now)
+	}
+	if after := srv.CommandCalls()["get"]; after != before {
+		t.Errorf("200 requests of cached entries made %d GETs, want 0", after-before)
+	}
+
+	// A rebind on a reaches b's cached copy without b asking.
+	start := time.Now()
+	a.Put(ip, 21, now)
+	sk := b.Backing().Key(ip)
+	for {
+		if id, _ := b.Cache(sk); id == 21 {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the rebind never reached the other instance's cache")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("a rebind reached the other instance's cache in %v", time.Since(start).Round(time.Microsecond))
+
+	// A deletion too.
+	a.Delete(sess)
+	sk = b.Backing().Key(sess)
+	for start := time.Now(); ; time.Sleep(time.Millisecond) {
+		if _, ok := b.Cache(sk); !ok {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the deletion never reached the other instance's cache")
+		}
+	}
+
+	// Names and values are keyed hashes and IDs, nothing of the client.
+	keys, err := srv.Do("KEYS", "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(keys, "198.51.100.7") || strings.Contains(keys, "c6336407") || !strings.Contains(keys, DefaultKeyPrefix+"t:fleet:") {
+		t.Errorf("store keys:\n%s", keys)
+	}
+	if n := srv.Keys(DefaultKeyPrefix + "t:fleet:"); n != 1 {
+		t.Errorf("store holds %d entries, want 1", n)
+	}
+	// The entry expires after the idle timeout.
+	name := strings.Split(keys, "\n")
+	for _, n := range name {
+		if strings.HasPrefix(n, DefaultKeyPrefix+"t:") {
+			ttl, err := srv.Do("PTTL", n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ms := atoi(ttl); ms <= 0 || ms > int(time.Hour/time.Millisecond) {
+				t.Errorf("entry expires in %s ms, want within an hour", ttl)
+			}
+		}
+	}
+}
+
+func atoi(s string) int {
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// Redis down: nothing fails, cached entries still route, changes are kept;
+// back: the instance finds it by itself and writes back what it missed.
+func TestRedisOutage(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	st := redisTable(t, srv, "outage", 200*time.Millisecond)
+	other := redisTable(t, srv, "outage", 300*time.Millisecond)
+	now := time.Now()
+	a, b := ipKey("203.0.113.1"), ipKey("203.0.113.2")
+	st.Put(a, 1, now)
+	srv.Stop()
+	if id, ok := st.Get(a, now); !ok || id != 1 {
+		t.Errorf("with Redis down a cached entry gave %d, %v", id, ok)
+	}
+	st.Put(b, 2, now) // a new session while down
+	st.Put(a, 3, now) // and a rebind
+	if _, ok := st.Get(ipKey("203.0.113.9"), now); ok {
+		t.Error("an unknown key found an entry")
+	}
+	srv.Restart() // empty: it keeps nothing on disk
+	tb := st.Backing().(*Table)
+	for start := time.Now(); !tb.c.ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the store never came back")
+		}
+	}
+	// The write-back runs right after the store is found back.
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		if srv.Keys(DefaultKeyPrefix+"t:outage:") == 2 {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("the store holds %d entries after the outage, want 2", srv.Keys(DefaultKeyPrefix+"t:outage:"))
+		}
+	}
+	// The other instance, back too, reads them.
+	ot := other.Backing().(*Table)
+	for start := time.Now(); !ot.c.ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the other instance never found the store back")
+		}
+	}
+	other.ForgetAll()
+	if id, ok := other.Get(a, now); !ok || id != 3 {
+		t.Errorf("the other instance found %d, %v for the rebound session; want 3", id, ok)
+	}
+	if id, ok := other.Get(b, now); !ok || id != 2 {
+		t.Errorf("the other instance found %d, %v for the new session; want 2", id, ok)
+	}
+}
+
+// Stored keys keep the network of an IP client, so the per-network limit
+// holds in the cache; named keys have none.
+func TestStoredKeyNetwork(t *testing.T) {
+	k := newKeyer([]byte("test key"))
+	x, y, z := k.key(ipKey("192.0.2.1")), k.key(ipKey("192.0.2.200")), k.key(ipKey("192.0.3.1"))
+	if !x.Stored() || x == y {
+		t.Fatalf("stored keys %v %v", x, y)
+	}
+	if x.String()[len("stored:"):len("stored:")+10] != y.String()[len("stored:"):len("stored:")+10] {
+		t.Errorf("one /24, two network tags: %v %v", x, y)
+	}
+	if x.String()[:17] == z.String()[:17] {
+		t.Errorf("two /24s, one network tag: %v %v", x, z)
+	}
+	if k.key(x) != x {
+		t.Error("a stored key is stored under another")
+	}
+	n := k.key(affinity.NamedKey("v"))
+	if !strings.HasPrefix(n.String(), "stored:00") || !strings.HasPrefix(x.String(), "stored:01") {
+		t.Errorf("network flags: named %v, IP %v", n, x)
+	}
+	if k2 := newKeyer([]byte("other key")); k2.key(ipKey("192.0.2.1")) == x {
+		t.Error("two keys make the same stored key")
+	}
+	back, err := affinity.ParseClientKey(x.String())
+	if err != nil || back != x {
+		t.Errorf("ParseClientKey(%v) = %v, %v", x, back, err)
+	}
+	// A table caching stored keys limits a network as it would its
+	// addresses.
+	st := affinity.NewSessionTableLimit(100_000, time.Hour, 100)
+	stored := 0
+	for i := range 2000 {
+		ip := netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)})
+		if st.Put(k.key(affinity.MaskClient(ip, 32, 64)), 1, time.Now()) {
+			stored++
+		}
+	}
+	// Eight /24s (the last one partly) of 100 each.
+	if stored > 800 || stored < 700 {
+		t.Errorf("stored %d keys of eight /24s at a limit of 100 each, want 800", stored)
+	}
+}
