@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
+	"github.com/caddy-affinity/caddy-affinity/store"
 )
 
 func parseIPAffinity(input string) (*IPAffinity, error) {
@@ -185,4 +186,49 @@ func TestIPAffinityCaddyfileNaNBalanceFactor(t *testing.T) {
 	if !strings.Contains(string(raw), `"ip_affinity"`) {
 		t.Fatalf("balance_factor NaN: no error, and the ip_affinity policy vanished from the config (selection policy %q)", raw)
 	}
+}
+
+func TestIPAffinityCaddyfileStore(t *testing.T) {
+	s, err := parseIPAffinity(`ip_affinity {
+		persist_timeout 10m
+		store redis 127.0.0.1:6379 {
+			username     caddy
+			password     {env.REDIS_PASSWORD}
+			db           2
+			key_prefix   edge:
+			tls
+			dial_timeout 2s
+			timeout      100ms
+			table        shop
+			secret       {env.STORE_KEY}
+		}
+		ipv4_prefix 24
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &store.Redis{Address: "127.0.0.1:6379", Username: "caddy", Password: "{env.REDIS_PASSWORD}", DB: 2,
+		KeyPrefix: "edge:", TLS: true, DialTimeout: caddy.Duration(2 * time.Second),
+		Timeout: caddy.Duration(100 * time.Millisecond), Table: "shop", Secret: "{env.STORE_KEY}"}
+	if s.Store == nil || !reflect.DeepEqual(s.Store.Redis, want) {
+		t.Errorf("store = %+v, want %+v", s.Store, want)
+	}
+	if s.IPv4Prefix != 24 {
+		t.Errorf("the option after the store block was lost: ipv4_prefix = %d", s.IPv4Prefix)
+	}
+	if s, err := parseIPAffinity("ip_affinity {\n\tpersist_timeout 1m\n\tstore memory\n}"); err != nil || s.Store != nil {
+		t.Errorf("store memory: %+v, %v", s.Store, err)
+	}
+	testutil.CheckParseErrors(t, func(in string) error { _, err := parseIPAffinity(in); return err }, []testutil.ParseError{
+		{Name: "no kind", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore\n}", Want: []string{"Testfile:3"}},
+		{Name: "unknown kind", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore etcd 1.2.3.4:1\n}", Want: []string{"store: expected memory or redis, got 'etcd'", "Testfile:3"}},
+		{Name: "no address", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore redis\n}", Want: []string{"store redis: needs the server's address", "Testfile:3"}},
+		{Name: "bad address", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore redis localhost\n}", Want: []string{`address "localhost": expected host:port`, "Testfile:3"}},
+		{Name: "two addresses", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore redis a:1 b:2\n}", Want: []string{"takes one address, got 'b:2' too", "Testfile:3"}},
+		{Name: "unknown option", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore redis a:1 {\n\t\tcluster on\n\t}\n}", Want: []string{"store redis: unknown option 'cluster'", "Testfile:4"}},
+		{Name: "duplicate option", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore redis a:1 {\n\t\tdb 1\n\t\tdb 2\n\t}\n}", Want: []string{"db: option given more than once", "Testfile:5"}},
+		{Name: "bad db", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore redis a:1 {\n\t\tdb -1\n\t}\n}", Want: []string{"db", "Testfile:4"}},
+		{Name: "pattern table", Input: "ip_affinity {\n\tpersist_timeout 1m\n\tstore redis a:1 {\n\t\ttable a*\n\t}\n}", Want: []string{`table "a*": may not hold`, "Testfile:"}},
+		{Name: "no table", Input: "ip_affinity {\n\tstore redis a:1\n}", Want: []string{"store: holds the session table, which persist_timeout turns on", "Testfile:2"}},
+	})
 }

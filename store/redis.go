@@ -44,6 +44,8 @@ type conn struct {
 
 	keyer  atomic.Pointer[keyer]
 	keyed  atomic.Bool // keyer holds the store's key, not a stand-in
+	shared string      // the store's key, read from it (no secret)
+	runID  string      // the server's, to tell when it restarted
 	up     atomic.Bool
 	stats  stats
 	cancel context.CancelFunc
@@ -118,10 +120,11 @@ func newConn(r Redis) *conn {
 	// Connect now, so that the first requests find the store; a store
 	// that cannot be reached is retried in the background.
 	dctx, dcancel := context.WithTimeout(ctx, time.Duration(r.DialTimeout)+timeout)
-	if err := c.connect(dctx); err != nil {
+	if id, err := c.connect(dctx); err != nil {
 		c.logger.Warn("session store unavailable; serving from each instance's own table until it is back", zap.Error(err))
 		c.stats.errors.Add(1)
 	} else {
+		c.runID = id
 		c.up.Store(true)
 	}
 	dcancel()
@@ -130,31 +133,48 @@ func newConn(r Redis) *conn {
 	return c
 }
 
-// connect checks the server answers and reads (or first writes) the
-// store's key.
-func (c *conn) connect(ctx context.Context) error {
-	if err := c.rdb.Ping(ctx).Err(); err != nil {
-		return err
-	}
-	if c.keyed.Load() {
-		return nil
-	}
-	name := c.prefix + "hmac-key"
-	if err := c.rdb.SetNX(ctx, name, randomHex(32), 0).Err(); err != nil {
-		return err
-	}
-	secret, err := c.rdb.Get(ctx, name).Result()
+// connect checks the server answers, and returns its run ID, which
+// changes when it restarts (empty, or as another server after a
+// failover). It makes sure the server holds the store's key.
+func (c *conn) connect(ctx context.Context) (string, error) {
+	info, err := c.rdb.Info(ctx, "server").Result()
 	if err != nil {
-		return err
+		return "", err
 	}
-	if _, err := hex.DecodeString(secret); err != nil || len(secret) < 32 {
-		return fmt.Errorf("%s holds no key of this plugin's", name)
+	runID := ""
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "run_id:"); ok {
+			runID = v
+		}
 	}
-	c.keyer.Store(newKeyer([]byte(secret)))
+	if c.secret != "" || (c.keyed.Load() && runID == c.runID) {
+		return runID, nil
+	}
+	// The first instance's key, or this one's if the server lost it (it
+	// restarted empty), so instances already running keep theirs.
+	name := c.prefix + "hmac-key"
+	mine := c.shared
+	if mine == "" {
+		mine = randomHex(32)
+	}
+	if err := c.rdb.SetNX(ctx, name, mine, 0).Err(); err != nil {
+		return "", err
+	}
+	key, err := c.rdb.Get(ctx, name).Result()
+	if err != nil {
+		return "", err
+	}
+	if _, err := hex.DecodeString(key); err != nil || len(key) < 32 {
+		return "", fmt.Errorf("%s holds no key of this plugin's", name)
+	}
+	if key != c.shared {
+		c.keyer.Store(newKeyer([]byte(key)))
+		c.shared = key
+		// Entries cached under another key are under the wrong names.
+		c.each(func(t *Table) { t.t.ForgetAll() })
+	}
 	c.keyed.Store(true)
-	// Entries cached under the stand-in key are under the wrong names.
-	c.each(func(t *Table) { t.t.ForgetAll() })
-	return nil
+	return runID, nil
 }
 
 // Destruct closes the pool when no table uses it any more.
@@ -165,8 +185,10 @@ func (c *conn) Destruct() error {
 	return c.rdb.Close()
 }
 
-// run follows the other instances' events and, while the server cannot be
-// reached, checks every second whether it is back.
+// run follows the other instances' events and checks the server every
+// second: an outage is noticed even when no request needs the store, and a
+// restart (the server empty) or the end of an outage (events lost) makes
+// every table write back what it holds.
 func (c *conn) run(ctx context.Context) {
 	defer close(c.done)
 	ps := c.rdb.Subscribe(ctx, c.channel)
@@ -184,19 +206,25 @@ func (c *conn) run(ctx context.Context) {
 			}
 			c.apply(m.Payload)
 		case <-tick.C:
-			if c.up.Load() {
-				continue
-			}
 			cctx, cancel := context.WithTimeout(ctx, c.timeout+time.Second)
-			err := c.connect(cctx)
+			id, err := c.connect(cctx)
 			cancel()
 			if err != nil {
+				if ctx.Err() == nil {
+					c.fail(err)
+				}
 				continue
 			}
-			c.up.Store(true)
-			c.logger.Info("session store available again; writing back what changed meanwhile")
-			// Events sent meanwhile are lost: every table writes back what
-			// it changed and checks its cache against the store.
+			restarted := id != c.runID
+			c.runID = id
+			if c.up.Swap(true) {
+				if !restarted {
+					continue
+				}
+				c.logger.Warn("session store restarted; writing back each instance's entries")
+			} else {
+				c.logger.Info("session store available again; writing back what changed meanwhile")
+			}
 			c.each(func(t *Table) { t.resync() })
 		}
 	}
