@@ -215,3 +215,138 @@ func scrape(admin string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// ip_affinity with a Redis table, HTTP and layer4 in two Caddy instances:
+// after a failover seen by one instance's HTTP proxy alone, the other
+// instance and both layer4 proxies send the moved clients to the same
+// replacement, even once the failed backend is back and their own view
+// (and the hash) would send them there.
+func TestFleetIPAffinityRedis(t *testing.T) {
+	rdb := testutil.StartRedis(t)
+	bs := []*backend{newBackend(t, "b1"), newBackend(t, "b2"), newBackend(t, "b3")}
+	var addrs []string
+	nameOf := map[string]string{}
+	for _, b := range bs {
+		addrs = append(addrs, b.addr)
+		nameOf[b.addr] = b.name
+	}
+	type instance struct{ http, l4 string }
+	var fleet []instance
+	for range 2 {
+		hp, lp := freePort(t), freePort(t)
+		in := instance{fmt.Sprintf("127.0.0.1:%d", hp), fmt.Sprintf("127.0.0.1:%d", lp)}
+		var ups strings.Builder
+		for _, a := range addrs {
+			fmt.Fprintf(&ups, "\t\t\t\t\tupstream %s\n", a)
+		}
+		global := fmt.Sprintf(`	layer4 {
+		%s {
+			route {
+				proxy {
+					lb_policy ip_affinity {
+						persist_timeout 10m
+						store redis %s
+					}
+					lb_try_duration 5s
+					lb_try_interval 10ms
+					fail_duration 1m
+					max_fails 1
+%s				}
+			}
+		}
+	}`, in.l4, rdb.Addr, ups.String())
+		site := fmt.Sprintf(`
+http://%s {
+	reverse_proxy %s {
+		lb_policy ip_affinity {
+			persist_timeout 10m
+			store redis %s
+		}
+		lb_retries 2
+		fail_duration 1m
+	}
+}
+`, in.http, strings.Join(addrs, " "), rdb.Addr)
+		startCaddy(t, site, caddyOpts{wait: []string{in.http, in.l4}, global: global, level: "WARN"})
+		fleet = append(fleet, in)
+	}
+	var srcs []string
+	home := map[string]string{}
+	for i := 2; i <= 121; i++ {
+		src := fmt.Sprintf("127.0.0.%d", i)
+		srcs = append(srcs, src)
+		home[src] = nameOf[expected(addrs, src, 32)]
+	}
+	// Every client, through both proxies of both instances, on its hash.
+	for _, src := range srcs {
+		for _, in := range fleet {
+			if r := getFrom(t, src, "http://"+in.http+"/"); r.backend != home[src] {
+				t.Fatalf("HTTP via %s sent %s to %s, want %s", in.http, src, r.backend, home[src])
+			}
+			if l := l4Get(t, src, in.l4); l != home[src] {
+				t.Fatalf("layer4 via %s sent %s to %s, want %s", in.l4, src, l, home[src])
+			}
+		}
+	}
+	// One more entry is 127.0.0.1's, whose readiness probes connected to
+	// the layer4 listeners.
+	if n := rdb.Keys("caddy-affinity:t:ip:"); n != len(srcs)+1 {
+		t.Errorf("Redis holds %d entries, want %d", n, len(srcs)+1)
+	}
+	keys, _ := rdb.Do("KEYS", "*")
+	if strings.Contains(keys, "127.0.0.") {
+		t.Fatalf("Redis names clients by address:\n%s", keys)
+	}
+
+	// The victim dies; only instance 0's HTTP proxy sees it and moves its
+	// clients.
+	victim := bs[0]
+	victim.kill()
+	var moved []string
+	rebound := map[string]time.Time{}
+	for _, src := range srcs {
+		if home[src] != victim.name {
+			continue
+		}
+		r := getFrom(t, src, "http://"+fleet[0].http+"/")
+		rebound[src] = time.Now()
+		if r.status != 200 || r.backend == victim.name {
+			t.Fatalf("after the kill %s: status %d from %s", src, r.status, r.backend)
+		}
+		home[src] = r.backend
+		moved = append(moved, src)
+	}
+	if len(moved) == 0 {
+		t.Fatal("no client was on the killed backend; the test proves nothing")
+	}
+	victim.restart()
+	// Instance 1 never saw the victim down, and it is up again: only the
+	// shared table keeps the moved clients on their replacements.
+	slowest, stale := time.Duration(0), 0
+	for _, src := range moved {
+		waitFor(t, "the rebind to reach instance 1", 10*time.Second, func() bool {
+			if getFrom(t, src, "http://"+fleet[1].http+"/").backend == home[src] {
+				return true
+			}
+			stale++
+			return false
+		})
+		slowest = max(slowest, time.Since(rebound[src]))
+	}
+	if stale > 0 {
+		t.Errorf("instance 1 sent %d requests of moved clients to the old backend before the rebind reached it", stale)
+	}
+	for _, src := range srcs {
+		for _, in := range fleet {
+			if r := getFrom(t, src, "http://"+in.http+"/"); r.backend != home[src] {
+				t.Errorf("HTTP via %s sent %s to %s, its session is on %s", in.http, src, r.backend, home[src])
+			}
+			if l := l4Get(t, src, in.l4); l != home[src] {
+				t.Errorf("layer4 via %s sent %s to %s, its session is on %s", in.l4, src, l, home[src])
+			}
+		}
+	}
+	t.Logf("%d clients moved by instance 0's HTTP proxy; with the backend back, instance 1 and both layer4 proxies kept all %d on their replacements: "+
+		"instance 1's first request of each went there, at most %v after the rebind (restarting the backend included)",
+		len(moved), len(moved), slowest.Round(time.Millisecond))
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 )
 
 // mcpServer is one stateful MCP server of the official Go SDK, serving
@@ -122,6 +125,22 @@ type mcpOpts struct {
 	recover bool
 	// h2c: the client speaks HTTP/2 without TLS.
 	h2c bool
+	// fleet: host:port of Caddy instances; each request goes to a random
+	// one of them instead of the endpoint's.
+	fleet []string
+}
+
+// spread sends each request to a random host of a fleet.
+type spread struct {
+	rt    http.RoundTripper
+	hosts []string
+}
+
+func (s spread) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.URL.Host = s.hosts[rand.IntN(len(s.hosts))]
+	r.Host = ""
+	return s.rt.RoundTrip(r)
 }
 
 // runMCPSessions runs o.sessions concurrent sessions of the SDK's client
@@ -142,7 +161,10 @@ func runMCPSessions(t *testing.T, endpoint string, o mcpOpts) mcpRun {
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
 	hc := &http.Client{Transport: tr}
-	t.Cleanup(hc.CloseIdleConnections)
+	if len(o.fleet) > 0 {
+		hc.Transport = spread{tr, o.fleet}
+	}
+	t.Cleanup(tr.CloseIdleConnections)
 	connect := func(ctx context.Context) (*mcp.ClientSession, string, error) {
 		// 2025-11-25: the session-based protocol (2026-07-28 is sessionless).
 		cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: hc, MaxRetries: -1},
@@ -382,5 +404,40 @@ func TestMCPSessionsLearn(t *testing.T) {
 	}
 	if ok, missed := deletes(servers); ok != sessions || missed != 0 {
 		t.Errorf("DELETE ended %d sessions on their server and missed %d; want %d and 0", ok, missed, sessions)
+	}
+}
+
+// Learn mode through a fleet: three Caddy instances share one Redis, and
+// every request of every session (initialize, calls, the progress stream,
+// DELETE) goes to a random instance. Every session completes on the server
+// that minted its id, which the client holds byte for byte.
+func TestMCPSessionsLearnFleet(t *testing.T) {
+	rdb := testutil.StartRedis(t)
+	servers := []*mcpServer{startMCPServer(t, "mcp-a"), startMCPServer(t, "mcp-b"), startMCPServer(t, "mcp-c")}
+	var fleet []string
+	for range 3 {
+		port := freePort(t)
+		startCaddy(t, mcpSite(port, servers, `lb_policy sticky_header Mcp-Session-Id {
+			mode learn
+			store redis `+rdb.Addr+`
+			fallback round_robin
+		}`), caddyOpts{wait: []string{fmt.Sprintf("127.0.0.1:%d", port)}, level: "WARN"})
+		fleet = append(fleet, fmt.Sprintf("127.0.0.1:%d", port))
+	}
+	const sessions = 50
+	run := runMCPSessions(t, "http://"+fleet[0]+"/mcp", mcpOpts{sessions: sessions, calls: 20, fleet: fleet})
+	t.Logf("learn through 3 instances and Redis: %d sessions, %d failed, %d with a changed id, per server %v, %d progress notifications",
+		run.sessions, run.failed, run.idChanged, run.perServer, run.progress)
+	if run.failed != 0 || run.idChanged != 0 {
+		t.Fatalf("%d of %d sessions failed (first: %v), %d saw another id than their server minted", run.failed, run.sessions, run.firstErr, run.idChanged)
+	}
+	if ok, missed := deletes(servers); ok != sessions || missed != 0 {
+		t.Errorf("DELETE ended %d sessions on their server and missed %d; want %d and 0", ok, missed, sessions)
+	}
+	// One entry a session (a DELETE ends an MCP session, not a learned
+	// entry, which expires after idle_timeout: other APIs DELETE
+	// resources within a session).
+	if n := rdb.Keys("caddy-affinity:t:header:Mcp-Session-Id:"); n != sessions {
+		t.Errorf("Redis holds %d entries, want %d", n, sessions)
 	}
 }
