@@ -21,7 +21,12 @@ func ipKey(s string) affinity.ClientKey {
 // connections and events.
 func redisTable(t *testing.T, srv *testutil.RedisServer, name string, timeout time.Duration) *affinity.SessionTable {
 	t.Helper()
-	st := affinity.NewSessionTable(1000, time.Hour)
+	return redisTableOf(t, srv, name, timeout, 1000)
+}
+
+func redisTableOf(t *testing.T, srv *testutil.RedisServer, name string, timeout time.Duration, size int) *affinity.SessionTable {
+	t.Helper()
+	st := affinity.NewSessionTable(size, time.Hour)
 	tb, err := Open(&Config{Redis: &Redis{Address: srv.Addr, Timeout: caddy.Duration(timeout)}}, name, time.Hour, st)
 	if err != nil {
 		t.Fatal(err)
@@ -298,4 +303,54 @@ func TestStoredKeyNetwork(t *testing.T) {
 	if stored > 800 || stored < 700 {
 		t.Errorf("stored %d keys of eight /24s at a limit of 100 each, want 800", stored)
 	}
+}
+
+// What Redis needs per session, for sizing maxmemory: 100,000 entries
+// written as the store writes them.
+func TestRedisMemoryPerEntry(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	const n = 100_000
+	st := redisTableOf(t, srv, "ip", time.Second, 2*n) // room in every shard
+	tb := st.Backing().(*Table)
+	used := func() int {
+		out, err := srv.Do("INFO", "memory")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "used_memory:"); ok {
+				return atoi(v)
+			}
+		}
+		t.Fatal("INFO memory has no used_memory")
+		return 0
+	}
+	before := used()
+	now := time.Now()
+	for i := range n {
+		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		st.Learn(tb.Key(affinity.MaskClient(ip, 32, 64)), uint64(i%7+1)<<40|uint64(i), now)
+	}
+	tb.sync(time.Time{})
+	if got := srv.Keys(DefaultKeyPrefix + "t:ip:"); got != n {
+		t.Fatalf("Redis holds %d entries, want %d", got, n)
+	}
+	per := float64(used()-before) / n
+	t.Logf("Redis %s: %.0f bytes per session entry (%d entries)", srvVersion(t, srv), per, n)
+	if per <= 0 || per > 512 {
+		t.Errorf("%.0f bytes per entry: the layout of entries changed; update the README's sizing", per)
+	}
+}
+
+func srvVersion(t *testing.T, srv *testutil.RedisServer) string {
+	out, err := srv.Do("INFO", "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "redis_version:"); ok {
+			return v
+		}
+	}
+	return "?"
 }

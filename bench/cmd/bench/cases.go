@@ -44,6 +44,10 @@ type benchCase struct {
 // server sets Mcp-Session-Id.
 const sessionHeader = "X-Session"
 
+// redisEnv names the variable that gives Caddy the address of the
+// redis-server the benchmark starts for sticky_learn_redis.
+const redisEnv = "AFFINITY_BENCH_REDIS"
+
 // baselineID is the case every ratio is computed against.
 const baselineID = "round_robin"
 
@@ -62,6 +66,10 @@ func allCases() []*benchCase {
 			Policy: "lb_policy sticky_cookie affinity {\n\t\t\tsecret " + secret + "\n\t\t}"},
 		{ID: "sticky_rewrite", Name: "sticky_cookie rewrite", Server: "caddy", Kind: kindRewrite, Cookie: "name", Path: "/app",
 			Policy: "lb_policy sticky_cookie name {\n\t\t\tmode rewrite\n\t\t\tsecret " + secret + "\n\t\t}"},
+		{ID: "sticky_learn", Name: "sticky_cookie learn", Server: "caddy", Kind: kindRewrite, Cookie: "name", Path: "/app",
+			Policy: "lb_policy sticky_cookie name {\n\t\t\tmode learn\n\t\t}"},
+		{ID: "sticky_learn_redis", Name: "sticky_cookie learn, Redis", Server: "caddy", Kind: kindRewrite, Cookie: "name", Path: "/app",
+			Policy: "lb_policy sticky_cookie name {\n\t\t\tmode learn\n\t\t\tstore redis {env." + redisEnv + "}\n\t\t}"},
 		{ID: "sticky_header", Name: "sticky_header rewrite", Server: "caddy", Kind: kindHeader, Cookie: "header:" + sessionHeader, Path: "/hdr",
 			Policy: "lb_policy sticky_header " + sessionHeader + " {\n\t\t\tsecret " + secret + "\n\t\t}"},
 		{ID: "client_ip_hash", Name: "Caddy client_ip_hash", Server: "caddy", Kind: kindIP, Path: "/",

@@ -25,9 +25,10 @@ type duelRound struct {
 }
 
 // duelPairs are the duels make bench runs: each plugin policy against the
-// policy its target names (Caddy's, or sticky_cookie insert for
-// sticky_header).
-var duelPairs = [][2]string{{"ip_affinity", "client_ip_hash"}, {"sticky_insert", "cookie"}, {"sticky_header", "sticky_insert"}}
+// policy its target names (Caddy's; sticky_cookie insert for sticky_header
+// and learn mode; learn mode in memory for learn mode with Redis).
+var duelPairs = [][2]string{{"ip_affinity", "client_ip_hash"}, {"sticky_insert", "cookie"}, {"sticky_header", "sticky_insert"},
+	{"sticky_learn", "sticky_insert"}, {"sticky_learn_redis", "sticky_learn"}}
 
 // runDuels runs every duel whose two cases are selected, rounds times for d.
 func runDuels(ctx context.Context, c config, w wrkRunner, admin string, cases []*benchCase) ([]*duel, error) {

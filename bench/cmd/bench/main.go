@@ -188,6 +188,15 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 		}
 	}()
 	caddyCases, haproxyCases := splitCases(res.cases)
+	var redisAddr string
+	if caseByID(res.cases, "sticky_learn_redis") != nil {
+		p, a, err := startRedis(ctx, work)
+		if err != nil {
+			return fmt.Errorf("redis-server: %v", err)
+		}
+		procs = append(procs, p)
+		redisAddr = a
+	}
 	var admin string
 	if len(caddyCases) > 0 {
 		p, a, err := startCaddy(ctx, c.caddy, work, caddyCases, bs, c.timer)
@@ -235,6 +244,14 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 		}
 		logf("warm-up done (%v per case)", c.warmup)
 	}
+	// Redis commands of the measured rounds: a learned session cached in
+	// every instance costs none.
+	var redisBefore map[string]int64
+	if redisAddr != "" {
+		if redisBefore, err = redisCalls(redisAddr); err != nil {
+			return fmt.Errorf("redis-server: %v", err)
+		}
+	}
 	// Interleave the cases so that a slow spell of the shared machine or a
 	// position in the order does not fall on one case only.
 	for r := range c.rounds {
@@ -263,6 +280,17 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 			}
 			logf("round %d/%d %-24s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  other CPU %3.0f %%%s", r+1, c.rounds, k.Name, s.RPS, ms(s.P50), ms(s.P99), s.Foreign, note)
 		}
+	}
+	if redisAddr != "" {
+		after, err := redisCalls(redisAddr)
+		if err != nil {
+			return fmt.Errorf("redis-server: %v", err)
+		}
+		for _, s := range caseByID(res.cases, "sticky_learn_redis").samples {
+			res.redis.Requests += s.Requests
+		}
+		res.redis.Trips, res.redis.Detail = tripsBetween(redisBefore, after)
+		logf("Redis: %d round trips (%s) over %d requests of sticky_cookie learn, Redis", res.redis.Trips, res.redis.Detail, res.redis.Requests)
 	}
 	if c.timer && c.duelRounds > 0 {
 		if res.duels, err = runDuels(ctx, c, w, admin, res.cases); err != nil {

@@ -62,8 +62,11 @@ func TestCaddyfile(t *testing.T) {
 			t.Errorf("Caddyfile lacks %q:\n%s", want, cfg)
 		}
 	}
-	if strings.Count(cfg, "\taffinity\n") != 2 {
-		t.Error("the affinity directive belongs to the two rewrite sites (cookie and header) only")
+	if strings.Count(cfg, "\taffinity\n") != 4 {
+		t.Error("the affinity directive belongs to the rewrite sites (cookie and header) and the two learn sites only")
+	}
+	if !strings.Contains(cfg, "store redis {env."+redisEnv+"}") {
+		t.Errorf("the learn case with Redis names no store:\n%s", cfg)
 	}
 	if strings.Contains(cfg, "select_timer") {
 		t.Error("select_timer without the timer")

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const redisBin = "/usr/bin/redis-server"
+
+// redisFigures are the Redis round trips of the case with a Redis store
+// over its measured rounds.
+type redisFigures struct {
+	Requests int64  // the case's requests in its rounds
+	Trips    int64  // the commands of those rounds, health checks aside
+	Detail   string // per command
+}
+
+// startRedis starts a redis-server of its own on a free port, in work,
+// for the cases with a Redis store, and gives Caddy its address.
+func startRedis(ctx context.Context, work string) (*proc, string, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	dir := work + "/redis"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	p, err := start(ctx, "redis", dir, redisBin, []string{"--port", port, "--bind", "127.0.0.1", "--dir", dir,
+		"--save", "", "--appendonly", "no", "--protected-mode", "no"}, []string{addr})
+	if err != nil {
+		return nil, "", err
+	}
+	os.Setenv(redisEnv, addr)
+	return p, addr, nil
+}
+
+// redisCalls returns each command's calls so far (INFO commandstats).
+func redisCalls(addr string) (map[string]int64, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n"); err != nil {
+		return nil, err
+	}
+	br := bufio.NewReader(c)
+	head, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(head, "$") {
+		return nil, fmt.Errorf("INFO: reply %q, %v", head, err)
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(head[1:]))
+	body := make([]byte, n)
+	if _, err := io.ReadFull(br, body); err != nil {
+		return nil, err
+	}
+	calls := map[string]int64{}
+	for _, l := range strings.Split(string(body), "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(l), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, f := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(f, "calls="); ok {
+				calls[strings.TrimPrefix(name, "cmdstat_")], _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+	}
+	return calls, nil
+}
+
+// healthCommands are the store's checks of the server, made once a second
+// whatever the load: not round trips of requests.
+var healthCommands = map[string]bool{"info": true, "ping": true, "hello": true, "client|setinfo": true, "subscribe": true, "select": true}
+
+// tripsBetween returns the request round trips from before to after.
+func tripsBetween(before, after map[string]int64) (int64, string) {
+	var total int64
+	var parts []string
+	for cmd, n := range after {
+		if d := n - before[cmd]; d > 0 && !healthCommands[cmd] {
+			total += d
+			parts = append(parts, fmt.Sprintf("%s %d", cmd, d))
+		}
+	}
+	if len(parts) == 0 {
+		return 0, "none"
+	}
+	return total, strings.Join(parts, ", ")
+}
