@@ -30,6 +30,10 @@ type Backing interface {
 	Len() int
 	Page(offset, limit int) []Session
 	CountByID() map[uint64]int
+	// Shared names the table in the store: the tables of one process
+	// whose backings name the same one hold the same entries (EachTable
+	// passes one of them).
+	Shared() string
 }
 
 // Back puts b behind t (nil: none); call it before t is used.

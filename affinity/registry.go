@@ -41,7 +41,8 @@ func UnregisterTable(t *SessionTable) {
 	delete(registry.tables, t)
 }
 
-// EachTable calls fn for every registered table, in a stable order.
+// EachTable calls fn for every registered table, in a stable order, and
+// for one of the tables backed by the same table of a shared store.
 func EachTable(fn func(policy string, t *SessionTable)) {
 	type entry struct {
 		tableInfo
@@ -54,7 +55,16 @@ func EachTable(fn func(policy string, t *SessionTable)) {
 	}
 	registry.mu.Unlock()
 	sort.Slice(list, func(i, j int) bool { return list[i].seq < list[j].seq })
+	shared := map[string]bool{}
 	for _, e := range list {
+		if b := e.t.Backing(); b != nil {
+			// The HTTP and layer4 tables of one store table: its entries
+			// once.
+			if shared[b.Shared()] {
+				continue
+			}
+			shared[b.Shared()] = true
+		}
 		fn(e.policy, e.t)
 	}
 }

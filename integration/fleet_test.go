@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-affinity/caddy-affinity/admin"
 	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 )
 
@@ -230,11 +232,14 @@ func TestFleetIPAffinityRedis(t *testing.T) {
 		addrs = append(addrs, b.addr)
 		nameOf[b.addr] = b.name
 	}
-	type instance struct{ http, l4 string }
+	type instance struct {
+		http, l4 string
+		proc     *caddyProc
+	}
 	var fleet []instance
 	for range 2 {
 		hp, lp := freePort(t), freePort(t)
-		in := instance{fmt.Sprintf("127.0.0.1:%d", hp), fmt.Sprintf("127.0.0.1:%d", lp)}
+		in := instance{http: fmt.Sprintf("127.0.0.1:%d", hp), l4: fmt.Sprintf("127.0.0.1:%d", lp)}
 		var ups strings.Builder
 		for _, a := range addrs {
 			fmt.Fprintf(&ups, "\t\t\t\t\tupstream %s\n", a)
@@ -267,7 +272,7 @@ http://%s {
 	}
 }
 `, in.http, strings.Join(addrs, " "), rdb.Addr)
-		startCaddy(t, site, caddyOpts{wait: []string{in.http, in.l4}, global: global, level: "WARN"})
+		in.proc = startCaddy(t, site, caddyOpts{wait: []string{in.http, in.l4}, global: global, level: "WARN"})
 		fleet = append(fleet, in)
 	}
 	var srcs []string
@@ -346,7 +351,54 @@ http://%s {
 			}
 		}
 	}
+	// The admin API of either instance lists and counts Redis's entries,
+	// by keyed hash, and a flush empties Redis and every cache.
+	var page []admin.SessionEntry
+	resp := adminGet(t, fleet[1].proc.admin, "/affinity/sessions?limit=1000", &page)
+	if total := resp.Header.Get("X-Total-Count"); total != fmt.Sprint(len(srcs)+1) || len(page) != len(srcs)+1 {
+		t.Errorf("GET /affinity/sessions: X-Total-Count %s, %d entries; want %d", total, len(page), len(srcs)+1)
+	}
+	for _, e := range page {
+		if !strings.HasPrefix(e.Client, "stored:") || strings.Contains(e.Client, "127.0.0.") || e.Upstream == "" {
+			t.Fatalf("session entry %+v: want a stored key and an upstream", e)
+		}
+	}
+	var ups []admin.UpstreamStatus
+	adminGet(t, fleet[1].proc.admin, "/affinity/upstreams", &ups)
+	sum := 0
+	for _, u := range ups {
+		sum += u.Sessions
+	}
+	if sum != len(srcs)+1 {
+		t.Errorf("GET /affinity/upstreams counts %d sessions, want %d", sum, len(srcs)+1)
+	}
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+fleet[0].proc.admin+"/affinity/sessions", nil)
+	if r, err := http.DefaultClient.Do(req); err != nil || r.StatusCode != 200 {
+		t.Fatalf("DELETE /affinity/sessions: %v %v", r, err)
+	}
+	if n := rdb.Keys("caddy-affinity:t:ip:"); n != 0 {
+		t.Errorf("after a flush Redis holds %d entries", n)
+	}
+	// Instance 1's cache was flushed too: the moved clients go back to
+	// their hash's backend.
+	waitFor(t, "the flush to reach instance 1", 10*time.Second, func() bool {
+		return getFrom(t, moved[0], "http://"+fleet[1].http+"/").backend == victim.name
+	})
 	t.Logf("%d clients moved by instance 0's HTTP proxy; with the backend back, instance 1 and both layer4 proxies kept all %d on their replacements: "+
 		"instance 1's first request of each went there, at most %v after the rebind (restarting the backend included)",
 		len(moved), len(moved), slowest.Round(time.Millisecond))
+}
+
+// adminGet decodes the JSON of GET path on the admin endpoint into v.
+func adminGet(t *testing.T, addr, path string, v any) *http.Response {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s, %v", path, resp.Status, err)
+	}
+	return resp
 }

@@ -34,6 +34,7 @@ var live sync.Map // *conn -> struct{}
 // health, shared by every table that names the server.
 type conn struct {
 	name    string // the address, for logs and metrics
+	db      int
 	rdb     *redis.Client
 	prefix  string
 	channel string
@@ -98,6 +99,7 @@ func newConn(r Redis) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
 		name:    r.Address,
+		db:      r.DB,
 		rdb:     redis.NewClient(opts),
 		prefix:  r.KeyPrefix,
 		channel: r.KeyPrefix + "events",

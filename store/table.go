@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -108,6 +109,10 @@ func (tb *Table) Close() error {
 func (tb *Table) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), tb.c.timeout)
 }
+
+// Shared implements affinity.Backing: the pool's server and the table's
+// names in it.
+func (tb *Table) Shared() string { return fmt.Sprintf("%s/%d/%s", tb.c.name, tb.c.db, tb.prefix) }
 
 // Key implements affinity.Backing.
 func (tb *Table) Key(k affinity.ClientKey) affinity.ClientKey { return tb.c.keyer.Load().key(k) }
