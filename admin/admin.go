@@ -41,6 +41,7 @@ func (a adminAffinity) Routes() []caddy.AdminRoute {
 		{Pattern: "/affinity/upstreams/drain", Handler: caddy.AdminHandlerFunc(a.handleDrain(true))},
 		{Pattern: "/affinity/upstreams/undrain", Handler: caddy.AdminHandlerFunc(a.handleDrain(false))},
 		{Pattern: "/affinity/sessions", Handler: caddy.AdminHandlerFunc(a.handleSessions)},
+		{Pattern: "/affinity/ui", Handler: caddy.AdminHandlerFunc(handleUI)},
 	}
 }
 
@@ -51,8 +52,22 @@ type UpstreamStatus struct {
 	Draining bool     `json:"draining"`
 	// Deadline of the drain, after which bound sessions move; absent
 	// without one.
-	Deadline *time.Time     `json:"deadline,omitempty"`
-	Sessions int            `json:"sessions"`
+	Deadline *time.Time `json:"deadline,omitempty"`
+	// Entries of the session tables (ip_affinity, learn and hash modes)
+	// bound to the upstream.
+	Sessions int `json:"sessions"`
+	// Distinct sessions (tokens, learned values, table entries) whose
+	// requests reached the upstream in the last minute, an estimate.
+	SessionsSeen int `json:"sessions_seen"`
+	// When a session's request last reached the upstream; absent if none
+	// did.
+	LastSession *time.Time `json:"last_session,omitempty"`
+	// Requests in flight to the upstream, from reverse_proxy's own count
+	// (layer4 connections are not included).
+	InFlight int `json:"in_flight"`
+	// Draining, with nothing bound (no table entry, no session seen in the
+	// last minute) and nothing in flight: it can be taken down.
+	Drained  bool           `json:"drained"`
 	Hits     uint64         `json:"hits"`
 	New      uint64         `json:"new"`
 	Rebinds  uint64         `json:"rebinds"`
@@ -72,9 +87,15 @@ func (adminAffinity) handleUpstreams(w http.ResponseWriter, r *http.Request) err
 		}
 		return u
 	}
+	counters := map[string][]*affinity.Counters{}
 	affinity.EachCounters(func(policy, addr string, c *affinity.Counters) {
 		u := get(addr)
 		u.Policies = append(u.Policies, policy)
+		counters[addr] = append(counters[addr], c)
+		if last := c.LastSession(); last > 0 && (u.LastSession == nil || u.LastSession.Unix() < last) {
+			t := time.Unix(last, 0).UTC()
+			u.LastSession = &t
+		}
 		u.Hits += c.Count(affinity.ResultHit)
 		u.New += c.Count(affinity.ResultNew)
 		u.Rebinds += c.Count(affinity.ResultRebind)
@@ -97,8 +118,19 @@ func (adminAffinity) handleUpstreams(w http.ResponseWriter, r *http.Request) err
 			u.Deadline = &d
 		}
 	}
+	now := time.Now().Unix()
+	flying := inFlight()
 	out := make([]*UpstreamStatus, 0, len(byAddr))
-	for _, u := range byAddr {
+	for addr, u := range byAddr {
+		u.SessionsSeen = affinity.SessionsSeen(now, counters[addr]...)
+		u.InFlight = flying[addr]
+		// Quiet: no session's request in the last minute, or none since
+		// the deadline passed (after it every one moves on arrival).
+		quiet := u.SessionsSeen == 0
+		if u.Deadline != nil && now >= u.Deadline.Unix() && (u.LastSession == nil || u.LastSession.Unix() <= u.Deadline.Unix()) {
+			quiet = true
+		}
+		u.Drained = u.Draining && u.Sessions == 0 && u.InFlight == 0 && quiet
 		out = append(out, u)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
@@ -191,6 +223,41 @@ func (adminAffinity) handleSessions(w http.ResponseWriter, r *http.Request) erro
 		}
 		out := []SessionEntry{}
 		total := 0
+		entry := func(policy string, s affinity.Session) SessionEntry {
+			return SessionEntry{Policy: policy, Client: s.Key.String(), Upstream: affinity.UpstreamName(s.ID), LastSeen: s.LastSeen.UTC()}
+		}
+		if upstream := strings.TrimSpace(r.URL.Query().Get("upstream")); upstream != "" {
+			// Entries bound to one upstream: a walk of every table, a chunk
+			// at a time, for the matches at [offset, offset+limit).
+			id := affinity.AddrHash(upstream)
+			affinity.EachTable(func(policy string, t *affinity.SessionTable) {
+				visit := func(page []affinity.Session) {
+					for _, s := range page {
+						if s.ID != id {
+							continue
+						}
+						if total >= offset && len(out) < limit {
+							out = append(out, entry(policy, s))
+						}
+						total++
+					}
+				}
+				if t.Backing() != nil {
+					visit(t.Page(0, 0)) // one scan of the store
+					return
+				}
+				const chunk = 10000
+				for from := 0; ; from += chunk {
+					page := t.Page(from, chunk)
+					visit(page)
+					if len(page) < chunk {
+						return
+					}
+				}
+			})
+			w.Header().Set("X-Total-Count", strconv.Itoa(total))
+			return writeJSON(w, out)
+		}
 		affinity.EachTable(func(policy string, t *affinity.SessionTable) {
 			n := t.Len()
 			total += n
@@ -202,7 +269,7 @@ func (adminAffinity) handleSessions(w http.ResponseWriter, r *http.Request) erro
 				return
 			}
 			for _, s := range t.Page(offset, limit-len(out)) {
-				out = append(out, SessionEntry{Policy: policy, Client: s.Key.String(), Upstream: affinity.UpstreamName(s.ID), LastSeen: s.LastSeen.UTC()})
+				out = append(out, entry(policy, s))
 			}
 			offset = 0
 		})

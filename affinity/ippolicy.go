@@ -92,6 +92,7 @@ func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 			had = true
 			if i := p.Table.IndexOf(id); i >= 0 && OnBound(avail(i), false, Rebind, Evicted(p.Addrs[i], now)) == Keep {
 				p.Counters[i].Record(ResultHit, ReasonNone)
+				p.Counters[i].Saw(k.Hash(), now.Unix())
 				return i, ResultHit
 			}
 		}
@@ -125,6 +126,7 @@ func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 	}
 	if sessions != nil {
 		sessions.Put(k, p.IDs[i], now)
+		p.Counters[i].Saw(h, now.Unix())
 	}
 	p.Counters[i].Record(res, ReasonNone)
 	return i, res

@@ -42,6 +42,30 @@ func Results() []Result { return []Result{ResultHit, ResultNew, ResultRebind, Re
 type Counters struct {
 	results  [numResults]atomic.Uint64
 	rejected [numReasons]atomic.Uint64
+	last     atomic.Int64 // unix seconds of the last request of a session
+	seen     sightings
+}
+
+// Saw notes a request of an existing session, identified by the hash h,
+// at now (unix seconds): for the time of the last session request and the
+// sessions seen in the last minute.
+func (c *Counters) Saw(h uint64, now int64) {
+	if c == nil {
+		return
+	}
+	if c.last.Load() != now {
+		c.last.Store(now)
+	}
+	c.seen.add(h, now)
+}
+
+// LastSession returns when a session's request last reached the upstream
+// (unix seconds), 0 if none did.
+func (c *Counters) LastSession() int64 {
+	if c == nil {
+		return 0
+	}
+	return c.last.Load()
 }
 
 // Record counts one decision; reason is the rejection reason when r is

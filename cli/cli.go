@@ -26,7 +26,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "affinity",
-		Usage: "status|drain|undrain|sessions|flush [--address <interface>] [--config <path> [--adapter <name>]] [--json]",
+		Usage: "status|drain|undrain|sessions|flush|ui [--address <interface>] [--config <path> [--adapter <name>]] [--json]",
 		Short: "Shows and controls caddy-affinity's upstreams and sessions",
 		Long: `
 Shows and controls the upstreams and session tables of caddy-affinity's
@@ -35,10 +35,11 @@ endpoint is found as for 'caddy reload': --address, or the admin address of
 --config (with --adapter), or the default.
 
   caddy affinity status                       the upstreams: state, sessions, counters
-  caddy affinity drain <address> [--deadline 10m]
+  caddy affinity drain <address> [--deadline 10m] [--wait [--timeout 30m]]
   caddy affinity undrain <address>
   caddy affinity sessions [--policy p] [--upstream a] [--limit n]
   caddy affinity flush                        empty every session table
+  caddy affinity ui [--listen 127.0.0.1:2020]  the status page, for a browser
 
 --json prints the admin API's JSON instead of a table.`,
 		CobraFunc: build,
@@ -56,13 +57,18 @@ func build(cmd *cobra.Command) {
 	status := &cobra.Command{Use: "status", Short: "Show the upstreams: state, sessions, counters", Args: cobra.NoArgs, RunE: runStatus}
 	drain := &cobra.Command{Use: "drain <address>", Short: "Give an upstream no new sessions", Args: cobra.ExactArgs(1), RunE: runDrain(true)}
 	drain.Flags().String("deadline", "", "After this long (e.g. 10m), sessions bound to the upstream move too")
+	drain.Flags().Bool("wait", false, "Show the drain's progress and return once the upstream is drained (nothing bound or in flight)")
+	drain.Flags().Duration("timeout", 30*time.Minute, "With --wait, fail if the upstream is not drained after this long")
+	drain.Flags().Duration("interval", time.Second, "With --wait, how often to check")
 	undrain := &cobra.Command{Use: "undrain <address>", Short: "End an upstream's drain", Args: cobra.ExactArgs(1), RunE: runDrain(false)}
 	sessions := &cobra.Command{Use: "sessions", Short: "List session-table entries", Args: cobra.NoArgs, RunE: runSessions}
 	sessions.Flags().String("policy", "", "Only entries of this policy (e.g. ip_affinity)")
 	sessions.Flags().String("upstream", "", "Only entries bound to this upstream address")
 	sessions.Flags().Int("limit", 100, "At most this many entries (1 to 10000)")
 	flush := &cobra.Command{Use: "flush", Short: "Empty every session table", Args: cobra.NoArgs, RunE: runFlush}
-	for _, c := range []*cobra.Command{status, drain, undrain, sessions, flush} {
+	ui := &cobra.Command{Use: "ui", Short: "Serve the status page to a browser, forwarding its calls to the admin API", Args: cobra.NoArgs, RunE: runUI}
+	ui.Flags().String("listen", "127.0.0.1:2020", "The address to serve the page on")
+	for _, c := range []*cobra.Command{status, drain, undrain, sessions, flush, ui} {
 		c.SilenceUsage = true
 		cmd.AddCommand(c)
 	}
@@ -146,19 +152,77 @@ func runStatus(cmd *cobra.Command, _ []string) error {
 		return printJSON(ups)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "UPSTREAM\tSTATE\tSESSIONS\tHITS\tNEW\tREBINDS\tREJECTED\tPOLICIES")
+	fmt.Fprintln(tw, "UPSTREAM\tSTATE\tSESSIONS\tSEEN 1m\tIN FLIGHT\tHITS\tNEW\tREBINDS\tREJECTED\tPOLICIES")
 	for _, u := range ups {
-		state := "active"
-		if u.Draining {
-			state = "draining"
-			if u.Deadline != nil {
-				state += " until " + u.Deadline.Local().Format(time.TimeOnly)
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%v\t%s\n", u.Address, state, u.Sessions, u.Hits, u.New, u.Rebinds,
-			u.Rejected["total"], strings.Join(u.Policies, ","))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%v\t%s\n", u.Address, state(u), u.Sessions, u.SessionsSeen, u.InFlight,
+			u.Hits, u.New, u.Rebinds, u.Rejected["total"], strings.Join(u.Policies, ","))
 	}
 	return tw.Flush()
+}
+
+// state is an upstream's drain state in words.
+func state(u admin.UpstreamStatus) string {
+	switch {
+	case u.Drained:
+		return "drained"
+	case u.Draining && u.Deadline != nil:
+		return "draining until " + u.Deadline.Local().Format(time.TimeOnly)
+	case u.Draining:
+		return "draining"
+	}
+	return "active"
+}
+
+// waitDrained polls the upstream at addr until it is drained, printing
+// each change of its progress, or fails after timeout.
+func waitDrained(cmd *cobra.Command, addr string) error {
+	timeout, _ := cmd.Flags().GetDuration("timeout")
+	every, _ := cmd.Flags().GetDuration("interval")
+	if every <= 0 {
+		return fmt.Errorf("--interval must be positive, got %v", every)
+	}
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		var ups []admin.UpstreamStatus
+		if _, err := call(cmd, http.MethodGet, "/affinity/upstreams", nil, &ups); err != nil {
+			return err
+		}
+		var u *admin.UpstreamStatus
+		for i := range ups {
+			if ups[i].Address == addr {
+				u = &ups[i]
+			}
+		}
+		if u == nil {
+			return fmt.Errorf("upstream %s is no longer known to any affinity policy", addr)
+		}
+		if !u.Draining {
+			return fmt.Errorf("%s is no longer draining (undrained meanwhile)", addr)
+		}
+		line := fmt.Sprintf("%s: %s, %d sessions in tables, %d seen in the last minute, %d requests in flight",
+			addr, state(*u), u.Sessions, u.SessionsSeen, u.InFlight)
+		if jsonOut(cmd) {
+			b, _ := json.Marshal(u)
+			line = string(b)
+		}
+		if line != last {
+			fmt.Println(line)
+			last = line
+		}
+		if u.Drained {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not drained after %v: %d sessions in tables, %d seen in the last minute, %d requests in flight",
+				addr, timeout, u.Sessions, u.SessionsSeen, u.InFlight)
+		}
+		select {
+		case <-cmd.Context().Done():
+			return cmd.Context().Err()
+		case <-time.After(every):
+		}
+	}
 }
 
 func runDrain(on bool) func(*cobra.Command, []string) error {
@@ -174,8 +238,15 @@ func runDrain(on bool) func(*cobra.Command, []string) error {
 		if _, err := call(cmd, http.MethodPost, path, body, &reply); err != nil {
 			return err
 		}
+		wait := false
+		if on {
+			wait, _ = cmd.Flags().GetBool("wait")
+		}
 		if jsonOut(cmd) {
-			return printJSON(reply)
+			if err := printJSON(reply); err != nil || !wait {
+				return err
+			}
+			return waitDrained(cmd, args[0])
 		}
 		what := "undrained"
 		if on {
@@ -188,6 +259,9 @@ func runDrain(on bool) func(*cobra.Command, []string) error {
 			what += " (unchanged)"
 		}
 		fmt.Printf("%s: %s\n", args[0], what)
+		if wait {
+			return waitDrained(cmd, args[0])
+		}
 		return nil
 	}
 }

@@ -5,6 +5,7 @@
 package cookie
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -462,6 +463,9 @@ type reqState struct {
 	// of its first value.
 	lkey    affinity.ClientKey
 	hasLKey bool
+	// session identifies the valid session the request carried (a hash),
+	// for the upstream's sessions seen.
+	session uint64
 }
 
 // Select returns the upstream of the request's session, or binds a new one.
@@ -585,6 +589,17 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	}
 	st.issued = issued
 	s.logDecision(r, up.Dial, result, reason, "")
+	if idx >= 0 && home < 0 {
+		// The session's request reached its upstream: a hit, or a new or
+		// moved token (named as the next request's will be). A learned
+		// value is known once the response sets it.
+		switch {
+		case result == affinity.ResultHit:
+			ps.counters[idx].Saw(st.session, now.Unix())
+		case !s.learn:
+			ps.counters[idx].Saw(tokenSession(st.chosenID, issued), now.Unix())
+		}
+	}
 
 	if !s.rewrite && !s.learn && idx >= 0 && home < 0 {
 		needCookie := result != affinity.ResultHit || st.key != 0 || s.life.NeedsRefresh(st.tok, now)
@@ -724,6 +739,7 @@ func (st *reqState) consider(tok string) {
 		return
 	}
 	st.tok, st.key, st.valid, st.reason = t, key, true, affinity.ReasonNone
+	st.session = tokenSession(t.Upstream, t.Issued)
 }
 
 // recall looks value up among the learned ones, under each key of the
@@ -746,6 +762,7 @@ func (st *reqState) recall(value string) {
 			table.Put(k, id, st.now)
 		}
 		st.lkey, st.tok, st.valid = k, affinity.Token{Upstream: id}, true
+		st.session = k.Hash()
 		return
 	}
 }
@@ -767,6 +784,12 @@ func (st *reqState) learn(h http.Header, now time.Time) {
 		}
 		table.Put(s.learnKey(0, v), st.chosenID, now)
 	})
+}
+
+// tokenSession names a token's session for the upstream's sessions seen:
+// its upstream and issue time, what tell tokens apart.
+func tokenSession(upstream uint64, issued uint32) uint64 {
+	return xxhash.Sum64(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(make([]byte, 0, 12), upstream), issued))
 }
 
 // learnKeys is how many keys a learned value may be under: one per key of

@@ -1,9 +1,14 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-affinity/caddy-affinity/admin"
 )
 
 // A drain with a deadline under load: until it passes, the clients bound to
@@ -33,10 +38,17 @@ http://127.0.0.1:%d {
 	}
 	const deadline = 3 * time.Second
 	start := time.Now()
-	if code, body := c.adminDo("POST", "/affinity/upstreams/drain", `{"address": "`+bs[0].addr+`", "deadline": "3s"}`); code != 200 {
-		t.Fatalf("drain: %d %s", code, body)
+	// The drain through the command line, which waits until d0 is drained.
+	var cliOut bytes.Buffer
+	cli := exec.Command(caddyBinary(t), "affinity", "drain", bs[0].addr, "--deadline", "3s", "--wait", "--interval", "100ms", "--address", c.admin)
+	cli.Stdout, cli.Stderr = &cliOut, &cliOut
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
 	}
-	stayed := 0
+	cliDone := make(chan error, 1)
+	go func() { cliDone <- cli.Wait() }()
+	waitFor(t, "d0 draining", 10*time.Second, func() bool { return c.upstreams()[bs[0].addr].Draining })
+	stayed, checked := 0, false
 	for time.Since(start) < deadline-time.Second {
 		for i, cl := range bound {
 			r := cl.get(url)
@@ -51,6 +63,23 @@ http://127.0.0.1:%d {
 		if r := newClient(t).get(url); r.backend == "d0" || r.status != 200 {
 			t.Fatalf("a new client went to %s (%d) while d0 drains", r.backend, r.status)
 		}
+		// Bound sessions still come: not drained.
+		var ups []admin.UpstreamStatus
+		adminGet(t, c.admin, "/affinity/upstreams", &ups)
+		for _, u := range ups {
+			if u.Address != bs[0].addr || time.Since(start) >= deadline {
+				continue
+			}
+			// Sessions seen counts distinct tokens: clients bound to one
+			// upstream in the same second hold the same insert-mode token.
+			if u.Drained || !u.Draining || u.SessionsSeen < 1 || u.SessionsSeen > len(bound)+1 || u.LastSession == nil {
+				t.Fatalf("d0 during the drain: %+v; want draining, not drained, 1 to %d sessions seen", u, len(bound))
+			}
+			checked = true
+		}
+	}
+	if !checked {
+		t.Fatal("d0 was never checked before the deadline")
 	}
 	moved := map[int]string{}
 	waitFor(t, "every bound client moved after the deadline", 10*time.Second, func() bool {
@@ -73,5 +102,23 @@ http://127.0.0.1:%d {
 			t.Fatalf("client %d moved to %s, then went to %s: the new cookie must hold", i, moved[i], r.backend)
 		}
 	}
-	t.Logf("%d requests of bound clients stayed on d0 before the deadline; after it all %d moved: %v", stayed, len(bound), moved)
+	// Nothing bound or in flight any more: drained, and the command returns.
+	select {
+	case err := <-cliDone:
+		if err != nil {
+			t.Fatalf("caddy affinity drain --wait: %v:\n%s", err, cliOut.String())
+		}
+	case <-time.After(30 * time.Second):
+		cli.Process.Kill()
+		t.Fatalf("caddy affinity drain --wait did not return:\n%s", cliOut.String())
+	}
+	out := cliOut.String()
+	if !strings.Contains(out, "draining, sessions move after") || !strings.Contains(out, "seen in the last minute") || !strings.Contains(out, ": drained,") {
+		t.Errorf("drain --wait printed:\n%s", out)
+	}
+	if u := c.upstreams()[bs[0].addr]; !u.Draining {
+		t.Errorf("d0 after the drain: %+v", u)
+	}
+	t.Logf("%d requests of bound clients stayed on d0 before the deadline; after it all %d moved: %v; drain --wait returned after %v:\n%s",
+		stayed, len(bound), moved, time.Since(start).Round(100*time.Millisecond), out)
 }

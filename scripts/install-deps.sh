@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks drive (the seed's
-# Apache, nginx and lighttpd, redis-server for the session store; wrk and HAProxy for `make bench`) when one is
+# Apache, nginx and lighttpd, redis-server for the session store, chromium
+# for the status page; wrk and HAProxy for `make bench`) when one is
 # missing and this runs as root with apt-get. Otherwise it says what is
 # missing and the tests that need it skip with the same message (CI sets
 # AFFINITY_REQUIRE_SERVERS, under which they fail instead).
 set -u
-want=(apache2:/usr/sbin/apache2 nginx:/usr/sbin/nginx lighttpd:/usr/sbin/lighttpd redis-server:/usr/bin/redis-server)
+want=(apache2:/usr/sbin/apache2 nginx:/usr/sbin/nginx lighttpd:/usr/sbin/lighttpd redis-server:/usr/bin/redis-server chromium:/usr/bin/chromium)
 if [ "${1:-}" = "--bench" ]; then
 	want+=(wrk:/usr/bin/wrk haproxy:/usr/sbin/haproxy)
 fi

@@ -246,10 +246,13 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 	}
 	// Redis commands of the measured rounds: a learned session cached in
 	// every instance costs none.
-	var redisBefore map[string]int64
+	var redisBefore, opsBefore map[string]int64
 	if redisAddr != "" {
 		if redisBefore, err = redisCalls(redisAddr); err != nil {
 			return fmt.Errorf("redis-server: %v", err)
+		}
+		if opsBefore, err = storeOps(admin); err != nil {
+			return fmt.Errorf("Caddy's metrics: %v", err)
 		}
 	}
 	// Interleave the cases so that a slow spell of the shared machine or a
@@ -286,11 +289,20 @@ func runLoad(ctx context.Context, c config, work string, res *results) error {
 		if err != nil {
 			return fmt.Errorf("redis-server: %v", err)
 		}
+		ops, err := storeOps(admin)
+		if err != nil {
+			return fmt.Errorf("Caddy's metrics: %v", err)
+		}
 		for _, s := range caseByID(res.cases, "sticky_learn_redis").samples {
 			res.redis.Requests += s.Requests
 		}
-		res.redis.Trips, res.redis.Detail = tripsBetween(redisBefore, after)
-		logf("Redis: %d round trips (%s) over %d requests of sticky_cookie learn, Redis", res.redis.Trips, res.redis.Detail, res.redis.Requests)
+		for _, op := range []string{"get", "set", "delete"} {
+			res.redis.Trips += ops[op] - opsBefore[op]
+		}
+		res.redis.Refresh = ops["refresh"] - opsBefore["refresh"]
+		_, res.redis.Detail = tripsBetween(redisBefore, after)
+		logf("Redis: %d request round trips over %d requests of sticky_cookie learn, Redis; %d refresh batches; Redis counted %s",
+			res.redis.Trips, res.redis.Requests, res.redis.Refresh, res.redis.Detail)
 	}
 	if c.timer && c.duelRounds > 0 {
 		if res.duels, err = runDuels(ctx, c, w, admin, res.cases); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -18,8 +19,9 @@ const redisBin = "/usr/bin/redis-server"
 // over its measured rounds.
 type redisFigures struct {
 	Requests int64  // the case's requests in its rounds
-	Trips    int64  // the commands of those rounds, health checks aside
-	Detail   string // per command
+	Trips    int64  // round trips of the request path (get, set, delete)
+	Refresh  int64  // batches of idle-time refreshes meanwhile
+	Detail   string // Redis's own count per command, health checks aside
 }
 
 // startRedis starts a redis-server of its own on a free port, in work,
@@ -97,4 +99,29 @@ func tripsBetween(before, after map[string]int64) (int64, string) {
 		return 0, "none"
 	}
 	return total, strings.Join(parts, ", ")
+}
+
+// storeOps returns the plugin's count of store round trips by op, from
+// Caddy's metrics (caddy_affinity_store_requests_total).
+func storeOps(admin string) (map[string]int64, error) {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	ops := map[string]int64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "caddy_affinity_store_requests_total{") {
+			continue
+		}
+		_, rest, _ := strings.Cut(l, `op="`)
+		op, val, _ := strings.Cut(rest, `"}`)
+		n, _ := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		ops[op] += int64(n)
+	}
+	return ops, nil
 }

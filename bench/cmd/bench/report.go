@@ -302,7 +302,8 @@ func (r *results) targets() []target {
 		t := target{Goal: "sticky_cookie learn, Redis: Redis round trips per request in the steady state = 0"}
 		if r.redis.Requests > 0 {
 			perReq := float64(r.redis.Trips) / float64(r.redis.Requests)
-			t.Measured = fmt.Sprintf("%d round trips (%s) over %d requests: %.6f per request", r.redis.Trips, r.redis.Detail, r.redis.Requests, perReq)
+			t.Measured = fmt.Sprintf("%d round trips of requests over %d requests: %.6f per request (besides: %d batches of idle-time refreshes; Redis counted %s)",
+				r.redis.Trips, r.redis.Requests, perReq, r.redis.Refresh, r.redis.Detail)
 			t.Verdict = verdictPass
 			if r.redis.Trips > 0 {
 				t.Verdict = verdictFail
