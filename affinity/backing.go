@@ -14,10 +14,12 @@ import "time"
 type Backing interface {
 	// Key returns the stored key of k (a StoredKey; k itself if it is one).
 	Key(k ClientKey) ClientKey
-	// Load returns the upstream ID stored under the stored key k.
-	Load(k ClientKey) (id uint64, ok bool)
-	// Save stores id under k, a new entry or a rebind, before it returns.
-	Save(k ClientKey, id uint64)
+	// Load returns the upstream ID stored under the stored key k, and when
+	// the entry was first stored (zero if the store does not say).
+	Load(k ClientKey) (id uint64, born time.Time, ok bool)
+	// Save stores id under k, a new entry or a rebind, first stored at
+	// born (zero without a lifetime), before it returns.
+	Save(k ClientKey, id uint64, born time.Time)
 	// Remove deletes the entry of k.
 	Remove(k ClientKey)
 	// RemoveID deletes every entry bound to upstream id and returns how
@@ -61,8 +63,12 @@ func (t *SessionTable) Cache(k ClientKey) (id uint64, ok bool) {
 // Learn stores id under the stored key k in the local cache alone: what
 // another process wrote to the store, or what the store returned.
 func (t *SessionTable) Learn(k ClientKey, id uint64, now time.Time) {
-	t.put(k, id, now)
+	t.put(k, id, now, time.Time{})
 }
+
+// Local returns the entries of the table itself (with a Backing, of its
+// cache), with their birth times: what the store writes back.
+func (t *SessionTable) Local() []Session { return t.page(0, 0) }
 
 // Forget removes the stored key k from the local cache alone.
 func (t *SessionTable) Forget(k ClientKey) { t.del(k) }

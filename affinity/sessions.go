@@ -57,6 +57,9 @@ type SessionTable struct {
 	nets   networkCounts
 	// backing is the shared store the table caches, or nil.
 	backing Backing
+	// life bounds an entry's age since it was first stored, in seconds (0:
+	// none); entries keep their birth in lifeUnit-second ticks.
+	life, lifeUnit uint32
 }
 
 // A Session is one entry of a SessionTable.
@@ -64,6 +67,9 @@ type Session struct {
 	Key      ClientKey
 	ID       uint64
 	LastSeen time.Time
+	// Born is when the entry was first stored, with a lifetime (see
+	// SetLifetime); zero without one.
+	Born time.Time
 }
 
 const (
@@ -153,6 +159,55 @@ func (t *SessionTable) expired(seen, now uint32) bool {
 	return t.ttl > 0 && now > seen && now-seen > t.ttl
 }
 
+// SetLifetime bounds each entry's age since it was first stored (a rebind
+// keeps it) to d, to within the table's tick (a second, or more for very
+// long timeouts: the ticks of 16 bits cover twice the lifetime plus the
+// idle timeout). Call it before the table is used; it needs an idle
+// timeout, past which an entry is gone anyway.
+func (t *SessionTable) SetLifetime(d time.Duration) {
+	if t == nil || d <= 0 {
+		return
+	}
+	life := min(uint64((d+time.Second-1)/time.Second), math.MaxUint32/4)
+	span := 2 * (life + uint64(t.ttl))
+	t.life, t.lifeUnit = uint32(life), uint32(max(1, (span+65535)/65536))
+}
+
+// Lifetime returns the bound SetLifetime set, 0 if none.
+func (t *SessionTable) Lifetime() time.Duration {
+	if t == nil {
+		return 0
+	}
+	return time.Duration(t.life) * time.Second
+}
+
+func (t *SessionTable) tick(sec uint32) uint16 { return uint16(sec / t.lifeUnit) }
+
+// tooOld reports whether an entry born at tick born has outlived the
+// lifetime at sec.
+func (t *SessionTable) tooOld(born uint16, sec uint32) bool {
+	return t.life > 0 && uint32(t.tick(sec)-born)*t.lifeUnit > t.life
+}
+
+// bornAt is the time of the tick born, seen from sec.
+func (t *SessionTable) bornAt(born uint16, sec uint32) time.Time {
+	if t.life == 0 {
+		return time.Time{}
+	}
+	return sessionTime((sec/t.lifeUnit - uint32(t.tick(sec)-born)) * t.lifeUnit)
+}
+
+// bornTick is the tick of the time born (now if zero).
+func (t *SessionTable) bornTick(born time.Time, sec uint32) uint16 {
+	if t.life == 0 {
+		return 0
+	}
+	if born.IsZero() {
+		return t.tick(sec)
+	}
+	return t.tick(sessionClock(born))
+}
+
 // Get returns the upstream ID stored for k and refreshes the entry's last
 // seen time to now. An entry idle for longer than the TTL is removed and
 // reported absent. The invalid key is never stored.
@@ -170,8 +225,12 @@ func (t *SessionTable) Get(k ClientKey, now time.Time) (id uint64, ok bool) {
 	if id, ok = t.get(k, now); ok {
 		return id, true
 	}
-	if id, ok = t.backing.Load(k); ok {
-		t.put(k, id, now)
+	id, born, ok := t.backing.Load(k)
+	if ok && t.life > 0 && !born.IsZero() && t.tooOld(t.bornTick(born, 0), sessionClock(now)) {
+		return 0, false
+	}
+	if ok {
+		t.put(k, id, now, born)
 	}
 	return id, ok
 }
@@ -187,7 +246,7 @@ func (t *SessionTable) get(k ClientKey, now time.Time) (id uint64, ok bool) {
 		return 0, false
 	}
 	e := s.entry(ref)
-	if t.expired(e.seen, sec) {
+	if t.expired(e.seen, sec) || t.tooOld(e.born, sec) {
 		s.remove(ref, slot)
 		return 0, false
 	}
@@ -209,20 +268,22 @@ func (t *SessionTable) Put(k ClientKey, id uint64, now time.Time) bool {
 		return false
 	}
 	if t.backing == nil {
-		ok, _ := t.put(k, id, now)
+		ok, _, _ := t.put(k, id, now, time.Time{})
 		return ok
 	}
 	k = t.backing.Key(k)
-	ok, changed := t.put(k, id, now)
+	ok, changed, born := t.put(k, id, now, time.Time{})
 	if changed {
-		t.backing.Save(k, id)
+		t.backing.Save(k, id, born)
 	}
 	return ok
 }
 
-// put stores id for k and reports whether k has an entry now and whether
-// it is new or was bound to another upstream.
-func (t *SessionTable) put(k ClientKey, id uint64, now time.Time) (ok, changed bool) {
+// put stores id for k, first stored at born (now if zero) if it is new,
+// and reports whether k has an entry now, whether it is new or was bound to
+// another upstream, and when it was first stored (zero without a
+// lifetime).
+func (t *SessionTable) put(k ClientKey, id uint64, now, born time.Time) (ok, changed bool, bornAt time.Time) {
 	h := t.hash(k)
 	s := t.shard(h)
 	sec := sessionClock(now)
@@ -235,9 +296,13 @@ func (t *SessionTable) put(k ClientKey, id uint64, now time.Time) (ok, changed b
 			s.countID(id, 1)
 			changed = true
 		}
+		if t.tooOld(e.born, sec) {
+			// Stored again after its lifetime: a new entry.
+			e.born, changed = t.bornTick(born, sec), true
+		}
 		e.id, e.seen = id, max(e.seen, sec)
 		s.toFront(ref)
-		return true, changed
+		return true, changed, t.bornAt(e.born, sec)
 	}
 	for range sessionTrim {
 		if s.tail == 0 || !t.expired(s.entry(s.tail).seen, sec) {
@@ -246,18 +311,19 @@ func (t *SessionTable) put(k ClientKey, id uint64, now time.Time) (ok, changed b
 		s.removeTail()
 	}
 	if !t.nets.add(t.networkHash(k)) {
-		return false, false
+		return false, false, time.Time{}
 	}
 	if s.n >= s.max {
 		s.removeTail()
 	}
 	ref := s.alloc()
-	*s.entry(ref) = sessionEntry{id: id, seen: sec, key: k}
+	e := sessionEntry{id: id, seen: sec, key: k, born: t.bornTick(born, sec)}
+	*s.entry(ref) = e
 	s.insert(ref, uint32(h))
 	s.pushFront(ref)
 	s.n++
 	s.countID(id, 1)
-	return true, true
+	return true, true, t.bornAt(e.born, sec)
 }
 
 // Delete removes the entry of k and reports whether there was one.
@@ -423,8 +489,15 @@ func (t *SessionTable) flush() {
 // held and may use the table. With a Backing, Range covers the local cache
 // (Page lists the store).
 func (t *SessionTable) Range(offset, limit int, fn func(k ClientKey, id uint64, lastSeen time.Time)) {
+	for _, p := range t.page(offset, limit) {
+		fn(p.Key, p.ID, p.LastSeen)
+	}
+}
+
+// page collects the entries at [offset, offset+limit) of the table itself.
+func (t *SessionTable) page(offset, limit int) []Session {
 	if t == nil {
-		return
+		return nil
 	}
 	offset = max(offset, 0)
 	var page []Session
@@ -449,26 +522,20 @@ func (t *SessionTable) Range(offset, limit int, fn func(k ClientKey, id uint64, 
 			if limit > 0 && len(page) >= limit {
 				break
 			}
-			page = append(page, Session{Key: e.key, ID: e.id, LastSeen: sessionTime(e.seen)})
+			page = append(page, Session{Key: e.key, ID: e.id, LastSeen: sessionTime(e.seen), Born: t.bornAt(e.born, e.seen)})
 		}
 		s.mu.Unlock()
 	}
-	for _, p := range page {
-		fn(p.Key, p.ID, p.LastSeen)
-	}
+	return page
 }
 
-// Page returns the entries Range would pass to fn; with a Backing, the
-// store's, in its order.
+// Page returns the entries Range would pass to fn, with their birth
+// times; with a Backing, the store's, in its order.
 func (t *SessionTable) Page(offset, limit int) []Session {
 	if t != nil && t.backing != nil {
 		return t.backing.Page(offset, limit)
 	}
-	var page []Session
-	t.Range(offset, limit, func(k ClientKey, id uint64, seen time.Time) {
-		page = append(page, Session{Key: k, ID: id, LastSeen: seen})
-	})
-	return page
+	return t.page(offset, limit)
 }
 
 // CountByID returns the number of entries per upstream ID, expired ones not
@@ -508,6 +575,7 @@ type sessionEntry struct {
 	prev, next uint32
 	seen       uint32 // sessionClock of the last Get or Put
 	key        ClientKey
+	born       uint16 // the lifetime's tick of the first Put (with a lifetime)
 }
 
 // sessionShard is an LRU list over a slab of entries, indexed by an

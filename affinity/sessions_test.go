@@ -507,3 +507,56 @@ func BenchmarkSession(b *testing.B) {
 		})
 	})
 }
+
+func TestSessionLifetime(t *testing.T) {
+	st := NewSessionTable(100, 30*time.Minute)
+	st.SetLifetime(time.Hour)
+	k := MaskClient(netip.MustParseAddr("192.0.2.9"), 32, 64)
+	t0 := time.Unix(1_800_000_000, 0)
+	st.Put(k, 1, t0)
+	for m := 20; m <= 40; m += 20 {
+		if _, ok := st.Get(k, t0.Add(time.Duration(m)*time.Minute)); !ok {
+			t.Fatalf("gone after %d minutes, within its lifetime", m)
+		}
+	}
+	st.Put(k, 2, t0.Add(45*time.Minute)) // a rebind keeps the entry's age
+	if id, ok := st.Get(k, t0.Add(59*time.Minute)); !ok || id != 2 {
+		t.Fatalf("at 59 minutes: %d, %v", id, ok)
+	}
+	if p := st.Page(0, 1); len(p) != 1 || !p[0].Born.Equal(t0) {
+		t.Errorf("born %v, want %v", p, t0)
+	}
+	if _, ok := st.Get(k, t0.Add(61*time.Minute)); ok {
+		t.Fatal("still there past its lifetime of an hour, though in use")
+	}
+	// Stored again: a new lifetime.
+	st.Put(k, 3, t0.Add(62*time.Minute))
+	for _, m := range []int{80, 100, 120} {
+		if _, ok := st.Get(k, t0.Add(time.Duration(m)*time.Minute)); !ok {
+			t.Fatalf("a value stored again at 62 minutes was gone at %d", m)
+		}
+	}
+	if _, ok := st.Get(k, t0.Add(123*time.Minute)); ok {
+		t.Fatal("a value stored again at 62 minutes outlived its hour")
+	}
+	// Without a lifetime entries live while used.
+	plain := NewSessionTable(100, 30*time.Minute)
+	plain.Put(k, 1, t0)
+	for m := 20; m <= 200; m += 20 {
+		if _, ok := plain.Get(k, t0.Add(time.Duration(m)*time.Minute)); !ok {
+			t.Fatalf("without a lifetime, gone after %d minutes of use", m)
+		}
+	}
+	// A long lifetime still fits the ticks (of more than a second).
+	long := NewSessionTable(100, 24*time.Hour)
+	long.SetLifetime(90 * 24 * time.Hour)
+	long.Put(k, 1, t0)
+	for d := 1; d < 90; d++ {
+		if _, ok := long.Get(k, t0.Add(time.Duration(d)*24*time.Hour)); !ok {
+			t.Fatalf("a 90-day lifetime ended on day %d", d)
+		}
+	}
+	if _, ok := long.Get(k, t0.Add(91*24*time.Hour)); ok {
+		t.Fatal("a 90-day lifetime lasted 91 days")
+	}
+}

@@ -134,7 +134,6 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{Name: "unknown option", Input: "sticky_cookie {\n\tmode insert\n\tbogus 1\n}", Want: []string{"unrecognized option 'bogus'", "Testfile:3"}},
 		{Name: "learn without a name", Input: "sticky_cookie {\n\tmode learn\n}", Want: []string{"name: learn mode needs the name of the cookie the backend sets"}},
 		{Name: "path in learn mode", Input: "sticky_cookie JSESSIONID {\n\tmode learn\n\tpath /app\n}", Want: []string{"path: applies to insert mode only; in learn mode", "Testfile:3"}},
-		{Name: "max_lifetime in learn mode", Input: "sticky_cookie JSESSIONID {\n\tmode learn\n\tmax_lifetime 1h\n}", Want: []string{"max_lifetime: not available in learn mode", "Testfile:3"}},
 		{Name: "max_sessions in insert mode", Input: "sticky_cookie {\n\tmax_sessions 10\n}", Want: []string{"max_sessions: applies to learn mode only", "Testfile:2"}},
 		{Name: "duplicate option", Input: "sticky_cookie {\n\tmode insert\n\tmode insert\n}", Want: []string{"mode: option given more than once", "Testfile:3"}},
 		{Name: "duplicate secret", Input: "sticky_cookie {\n\tsecret a-secret-of-16-bytes\n\tsecret b-secret-of-16-bytes\n}", Want: []string{"secret: option given more than once", "Testfile:3"}},

@@ -113,7 +113,7 @@ func (rw *rewriter) rewrite() {
 		switch {
 		case st.chosenID == 0:
 		case st.policy.learn:
-			st.learn(h, now)
+			st.learn(h, st.policy.now())
 		default:
 			st.policy.carrier.rewrite(h, st, now)
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
@@ -396,5 +397,37 @@ func TestLearnCookie(t *testing.T) {
 	})
 	if n := len(s.LearnedSessions()); n != 0 {
 		t.Fatalf("%d learned sessions after the backend deleted its cookie, want 0", n)
+	}
+}
+
+// Learn mode's max_lifetime: a value is forgotten that long after it was
+// learned, however often it is used.
+func TestLearnMaxLifetime(t *testing.T) {
+	s := provision(t, &StickyCookie{Mode: ModeLearn, Name: "JSESSIONID", MaxLifetime: caddy.Duration(time.Hour), FallbackRaw: fallback("round_robin")})
+	clock := time.Unix(1_800_000_000, 0)
+	s.now = func() time.Time { return clock }
+	pool := testPool(3)
+	const value = "8159697f.661184c1247cb"
+	home := serveThrough(t, s, pool, httptest.NewRecorder(), newRequest(), 1, func(w http.ResponseWriter, r *http.Request) {
+		setBackendCookies(w, "JSESSIONID="+value+"; Path=/")
+		w.WriteHeader(http.StatusOK)
+	})
+	for m := 20; m <= 59; m += 13 {
+		clock = time.Unix(1_800_000_000, 0).Add(time.Duration(m) * time.Minute)
+		r := newRequest()
+		r.Header.Set("Cookie", "JSESSIONID="+value)
+		if up := serveThrough(t, s, pool, httptest.NewRecorder(), r, 1, func(http.ResponseWriter, *http.Request) {}); up != home {
+			t.Fatalf("at %d minutes the session went to %v, want %v", m, up, home)
+		}
+	}
+	if n := len(s.LearnedSessions()); n != 1 {
+		t.Fatalf("%d learned sessions within the lifetime, want 1", n)
+	}
+	clock = time.Unix(1_800_000_000, 0).Add(61 * time.Minute)
+	r := newRequest()
+	r.Header.Set("Cookie", "JSESSIONID="+value)
+	serveThrough(t, s, pool, httptest.NewRecorder(), r, 1, func(http.ResponseWriter, *http.Request) {})
+	if n := len(s.LearnedSessions()); n != 0 {
+		t.Fatalf("%d learned sessions past max_lifetime, want 0", n)
 	}
 }

@@ -105,8 +105,9 @@ type StickyCookie struct {
 	// process's table as its cache (see package store).
 	Store *store.Config `json:"store,omitempty"`
 
-	// The absolute lifetime of a binding, checked on the server against the
-	// signed issue time, in both modes. Default: none.
+	// The absolute lifetime of a binding, checked on the server: against
+	// the signed issue time (insert and rewrite modes), or against when the
+	// value was learned (learn mode). Default: none.
 	MaxLifetime caddy.Duration `json:"max_lifetime,omitempty"`
 
 	// The cookie's Path attribute (insert mode). Default: `/`.
@@ -245,7 +246,7 @@ func (s *StickyCookie) setup(ctx caddy.Context, policy string, c carrier) error 
 			s.IdleTimeout = caddy.Duration(DefaultLearnIdle)
 		}
 		s.learned = ipaffinity.Config{PersistTimeout: s.IdleTimeout, MaxSessions: s.MaxSessions, MaxSessionsBytes: s.MaxSessionsBytes,
-			Store: s.Store, StoreTable: c.kind() + ":" + s.Name}
+			Store: s.Store, StoreTable: c.kind() + ":" + s.Name, Lifetime: time.Duration(s.MaxLifetime)}
 		if err := s.learned.Provision(ctx, policy, "learn="+c.kind()+":"+s.Name); err != nil {
 			return err
 		}
@@ -351,9 +352,6 @@ func (s *StickyCookie) validate() error {
 				return fmt.Errorf("%s: applies to insert mode only; in %s mode the backend's cookie keeps its own attributes", o.name, mode)
 			}
 		}
-	}
-	if mode == ModeLearn && s.MaxLifetime != 0 {
-		return fmt.Errorf("max_lifetime: not available in learn mode, whose table keeps when a value was last seen (idle_timeout), not when it was first")
 	}
 	if mode != ModeLearn && (s.MaxSessions != 0 || s.MaxSessionsBytes != 0) {
 		return fmt.Errorf("max_sessions: applies to learn mode only, whose table it bounds")

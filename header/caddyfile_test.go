@@ -77,7 +77,6 @@ func TestCaddyfileErrors(t *testing.T) {
 		{Name: "balance_factor in insert", Input: "sticky_header X {\n\tmode insert\n\tbalance_factor 2\n}", Want: []string{"balance_factor: applies to hash mode only, not insert", "Testfile:3"}},
 		{Name: "persist_timeout in rewrite", Input: "sticky_header X {\n\tpersist_timeout 1m\n\tmode rewrite\n}", Want: []string{"persist_timeout: applies to hash mode only", "Testfile:2"}},
 		{Name: "max_sessions in insert", Input: "sticky_header X {\n\tmode insert\n\tmax_sessions 10\n}", Want: []string{"max_sessions: applies to hash and learn mode only", "Testfile:3"}},
-		{Name: "max_lifetime in learn", Input: "sticky_header X {\n\tmode learn\n\tmax_lifetime 1h\n}", Want: []string{"max_lifetime: applies to insert and rewrite mode only, not learn", "Testfile:3"}},
 		{Name: "balance_factor 1", Input: "sticky_header X {\n\tmode hash\n\tbalance_factor 1\n}", Want: []string{"balance_factor: expected a number greater than 1", "Testfile:3"}},
 		{Name: "bad on_failure", Input: "sticky_header X {\n\ton_failure later\n}", Want: []string{"on_failure", "later", "Testfile:2"}},
 		{Name: "missing fallback", Input: "sticky_header X {\n\tfallback\n}", Want: []string{"fallback", "Testfile:2"}},

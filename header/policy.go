@@ -80,7 +80,8 @@ type StickyHeader struct {
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
 	// The absolute lifetime of a binding, checked against the signed issue
-	// time (insert and rewrite modes). Default: none.
+	// time (insert and rewrite modes) or against when the value was
+	// learned (learn mode). Default: none.
 	MaxLifetime caddy.Duration `json:"max_lifetime,omitempty"`
 
 	// The selection policy for requests without a valid token (or, in hash
@@ -215,7 +216,7 @@ func (s *StickyHeader) validate() error {
 	}{
 		{"secret", len(s.Secrets) > 0, "insert rewrite learn"},
 		{"idle_timeout", s.IdleTimeout != 0, "insert learn"},
-		{"max_lifetime", s.MaxLifetime != 0, "insert rewrite"},
+		{"max_lifetime", s.MaxLifetime != 0, "insert rewrite learn"},
 		{"on_failure", s.OnFailure != "", "insert rewrite learn"},
 		{"balance_factor", s.BalanceFactor != 0, "hash"},
 		{"persist_timeout", s.PersistTimeout != 0, "hash"},

@@ -75,6 +75,10 @@ type Config struct {
 	// for the ip_affinity policies; learn mode sets its own.
 	StoreTable string `json:"-"`
 
+	// Lifetime bounds each entry's age since it was first stored (learn
+	// mode's max_lifetime); 0: none.
+	Lifetime time.Duration `json:"-"`
+
 	opts     affinity.IPOptions
 	sessions *affinity.SessionTable
 	poolKey  string
@@ -226,7 +230,7 @@ func (c *Config) Provision(ctx caddy.Context, policy, scope string) error {
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil {
 		scope = strings.Join(srv.Listen, ",") + "|" + scope
 	}
-	key := fmt.Sprintf("%s/scope=%s/v4=%d/v6=%d/ttl=%s/max=%d/net=%d", policy, scope, c.IPv4Prefix, c.IPv6Prefix, time.Duration(c.PersistTimeout), max, perNet)
+	key := fmt.Sprintf("%s/scope=%s/v4=%d/v6=%d/ttl=%s/max=%d/net=%d/life=%s", policy, scope, c.IPv4Prefix, c.IPv6Prefix, time.Duration(c.PersistTimeout), max, perNet, c.Lifetime)
 	if c.Store.Backed() {
 		r, err := json.Marshal(c.Store.Redis)
 		if err != nil {
@@ -242,6 +246,7 @@ func (c *Config) Provision(ctx caddy.Context, policy, scope string) error {
 	context.AfterFunc(ctx, func() { forgetOrdinals(load) })
 	v, _, err := tables.LoadOrNew(key, func() (caddy.Destructor, error) {
 		t := affinity.NewSessionTableLimit(max, time.Duration(c.PersistTimeout), perNet)
+		t.SetLifetime(c.Lifetime)
 		v := &tableValue{policy: policy, t: t}
 		if c.Store.Backed() {
 			name := c.StoreTable

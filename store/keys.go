@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"hash"
 	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
 )
@@ -65,12 +67,35 @@ func parseName(prefix, name string) (affinity.ClientKey, bool) {
 	return k, err == nil && k.Stored()
 }
 
-// Values are upstream IDs in hex.
+// Values are upstream IDs in hex, then, for a table with a lifetime, a
+// dot and when the entry was first stored (Unix seconds, hex).
 func formatID(id uint64) string { return strconv.FormatUint(id, 16) }
+
+func formatValue(id uint64, born time.Time) string {
+	if born.IsZero() {
+		return formatID(id)
+	}
+	return formatID(id) + "." + strconv.FormatInt(born.Unix(), 16)
+}
 
 func parseID(v string) (uint64, bool) {
 	id, err := strconv.ParseUint(v, 16, 64)
 	return id, err == nil
+}
+
+func parseValue(v string) (id uint64, born time.Time, ok bool) {
+	idPart, bornPart, hasBorn := strings.Cut(v, ".")
+	if id, ok = parseID(idPart); !ok {
+		return 0, time.Time{}, false
+	}
+	if hasBorn {
+		sec, err := strconv.ParseInt(bornPart, 16, 64)
+		if err != nil {
+			return 0, time.Time{}, false
+		}
+		born = time.Unix(sec, 0)
+	}
+	return id, born, true
 }
 
 func randomHex(n int) string {

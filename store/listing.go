@@ -50,7 +50,7 @@ func (tb *Table) values(ctx context.Context, names []string) ([]uint64, bool) {
 	ids := make([]uint64, len(names))
 	for i, v := range vs {
 		if s, ok := v.(string); ok {
-			ids[i], _ = parseID(s)
+			ids[i], _, _ = parseValue(s)
 		}
 	}
 	return ids, true
@@ -167,7 +167,7 @@ func (tb *Table) Page(offset, limit int) []affinity.Session {
 	out := make([]affinity.Session, 0, len(names))
 	for i, n := range names {
 		k, ok := parseName(tb.prefix, n)
-		id, ok2 := parseID(gets[i].Val())
+		id, born, ok2 := parseValue(gets[i].Val())
 		if !ok || !ok2 {
 			continue
 		}
@@ -175,7 +175,7 @@ func (tb *Table) Page(offset, limit int) []affinity.Session {
 		if left := ttls[i].Val(); tb.ttl > 0 && left > 0 && left <= tb.ttl {
 			seen = now.Add(left - tb.ttl).Truncate(time.Second)
 		}
-		out = append(out, affinity.Session{Key: k, ID: id, LastSeen: seen})
+		out = append(out, affinity.Session{Key: k, ID: id, LastSeen: seen, Born: born})
 	}
 	return out
 }

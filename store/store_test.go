@@ -354,3 +354,29 @@ func srvVersion(t *testing.T, srv *testutil.RedisServer) string {
 	}
 	return "?"
 }
+
+// A table with a lifetime (learn mode's max_lifetime) keeps each entry's
+// birth in the store, so an instance that loads the entry later ends it at
+// the same moment as the one that stored it; a rebind keeps the age.
+func TestStoreLifetime(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	one := redisTable(t, srv, "life", time.Second)
+	two := redisTable(t, srv, "life", 2*time.Second)
+	for _, st := range []*affinity.SessionTable{one, two} {
+		st.SetLifetime(time.Hour)
+	}
+	t0 := time.Now()
+	k := affinity.NamedKey("a learned value")
+	one.Put(k, 1, t0)
+	one.Put(k, 2, t0.Add(30*time.Minute)) // a rebind
+	if id, ok := two.Get(k, t0.Add(59*time.Minute)); !ok || id != 2 {
+		t.Fatalf("the other instance within the lifetime: %d, %v; want 2", id, ok)
+	}
+	if p := two.Page(0, 10); len(p) != 1 || p[0].Born.Unix() != t0.Unix() {
+		t.Errorf("the store lists %v, want one entry born at %v", p, t0.Truncate(time.Second))
+	}
+	two.Forget(two.Backing().Key(k))
+	if _, ok := two.Get(k, t0.Add(61*time.Minute)); ok {
+		t.Fatal("the other instance loaded an entry past its lifetime")
+	}
+}

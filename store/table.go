@@ -26,7 +26,7 @@ type Table struct {
 	done   chan struct{}
 
 	mu    sync.Mutex
-	dirty map[affinity.ClientKey]uint64 // changes the store missed; 0: deleted
+	dirty map[affinity.ClientKey]change // changes the store missed
 	count counts                        // the store's counts, briefly kept
 }
 
@@ -74,7 +74,7 @@ func Open(cfg *Config, name string, ttl time.Duration, t *affinity.SessionTable)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tb := &Table{c: c, key: key, name: name, prefix: r.KeyPrefix + "t:" + name + ":", ttl: ttl, t: t,
-		cancel: cancel, done: make(chan struct{}), dirty: map[affinity.ClientKey]uint64{}}
+		cancel: cancel, done: make(chan struct{}), dirty: map[affinity.ClientKey]change{}}
 	t.Back(tb)
 	c.mu.Lock()
 	c.tables[name] = append(c.tables[name], tb)
@@ -120,10 +120,10 @@ func (tb *Table) Key(k affinity.ClientKey) affinity.ClientKey { return tb.c.keye
 func (tb *Table) redisName(k affinity.ClientKey) string { return redisName(tb.prefix, k) }
 
 // Load implements affinity.Backing.
-func (tb *Table) Load(k affinity.ClientKey) (uint64, bool) {
+func (tb *Table) Load(k affinity.ClientKey) (uint64, time.Time, bool) {
 	c := tb.c
 	if !c.ready() {
-		return 0, false
+		return 0, time.Time{}, false
 	}
 	ctx, cancel := tb.ctx()
 	defer cancel()
@@ -131,30 +131,38 @@ func (tb *Table) Load(k affinity.ClientKey) (uint64, bool) {
 	v, err := c.rdb.Get(ctx, tb.redisName(k)).Result()
 	if err != nil {
 		c.fail(err)
-		return 0, false
+		return 0, time.Time{}, false
 	}
-	return parseID(v)
+	return parseValue(v)
 }
 
 // Save implements affinity.Backing: the entry, and an event that brings
 // the other instances' cached copies up to date, in one round trip.
-func (tb *Table) Save(k affinity.ClientKey, id uint64) {
+func (tb *Table) Save(k affinity.ClientKey, id uint64, born time.Time) {
 	now := time.Now()
 	tb.c.siblings(tb, func(o *Table) { o.update(k, id, now) })
-	tb.write(k, id)
+	tb.write(k, change{id, born})
 }
 
 // Remove implements affinity.Backing.
 func (tb *Table) Remove(k affinity.ClientKey) {
 	tb.c.siblings(tb, func(o *Table) { o.t.Forget(k) })
-	tb.write(k, 0)
+	tb.write(k, change{})
 }
 
-// write stores id under k (0: deletes it) and tells the other instances.
-func (tb *Table) write(k affinity.ClientKey, id uint64) {
+// change is what a write stores: an upstream ID and when the entry was
+// first stored, or a deletion (id 0).
+type change struct {
+	id   uint64
+	born time.Time
+}
+
+// write stores ch under k and tells the other instances.
+func (tb *Table) write(k affinity.ClientKey, ch change) {
 	c := tb.c
+	id := ch.id
 	if !c.ready() {
-		tb.missed(k, id)
+		tb.missed(k, ch)
 		return
 	}
 	ctx, cancel := tb.ctx()
@@ -167,22 +175,22 @@ func (tb *Table) write(k affinity.ClientKey, id uint64) {
 			p.Publish(ctx, c.channel, c.event('d', tb.name, hexKey, "0"))
 		} else {
 			c.stats.ops[opSet].Add(1)
-			p.Set(ctx, name, formatID(id), tb.ttl)
+			p.Set(ctx, name, formatValue(id, ch.born), tb.ttl)
 			p.Publish(ctx, c.channel, c.event('s', tb.name, hexKey, formatID(id)))
 		}
 		return nil
 	})
 	if err != nil {
 		c.fail(err)
-		tb.missed(k, id)
+		tb.missed(k, ch)
 	}
 }
 
 // missed keeps a change the store did not take, to write it back.
-func (tb *Table) missed(k affinity.ClientKey, id uint64) {
+func (tb *Table) missed(k affinity.ClientKey, ch change) {
 	tb.mu.Lock()
 	if _, ok := tb.dirty[k]; ok || len(tb.dirty) < maxDirty {
-		tb.dirty[k] = id
+		tb.dirty[k] = ch
 	}
 	tb.mu.Unlock()
 }
@@ -228,10 +236,10 @@ func (tb *Table) refresh(ctx context.Context) {
 func (tb *Table) resync() {
 	tb.mu.Lock()
 	dirty := tb.dirty
-	tb.dirty = map[affinity.ClientKey]uint64{}
+	tb.dirty = map[affinity.ClientKey]change{}
 	tb.mu.Unlock()
-	for k, id := range dirty {
-		tb.write(k, id)
+	for k, ch := range dirty {
+		tb.write(k, ch)
 	}
 	tb.sync(time.Time{})
 }
@@ -242,11 +250,11 @@ func (tb *Table) resync() {
 // it reached the store.
 func (tb *Table) sync(since time.Time) bool {
 	var batch []affinity.Session
-	tb.t.Range(0, 0, func(k affinity.ClientKey, id uint64, seen time.Time) {
-		if !seen.Before(since) && k.Stored() {
-			batch = append(batch, affinity.Session{Key: k, ID: id, LastSeen: seen})
+	for _, s := range tb.t.Local() {
+		if !s.LastSeen.Before(since) && s.Key.Stored() {
+			batch = append(batch, s)
 		}
-	})
+	}
 	const size = 256
 	for len(batch) > 0 {
 		n := min(len(batch), size)
@@ -267,7 +275,7 @@ func (tb *Table) syncBatch(batch []affinity.Session) bool {
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, s := range batch {
 			name := tb.redisName(s.Key)
-			cmds[i] = p.SetArgs(ctx, name, formatID(s.ID), redis.SetArgs{Mode: "NX", Get: true, TTL: tb.ttl})
+			cmds[i] = p.SetArgs(ctx, name, formatValue(s.ID, s.Born), redis.SetArgs{Mode: "NX", Get: true, TTL: tb.ttl})
 			if tb.ttl > 0 {
 				p.Expire(ctx, name, tb.ttl)
 			}
@@ -284,7 +292,7 @@ func (tb *Table) syncBatch(batch []affinity.Session) bool {
 		if err != nil {
 			continue // redis.Nil: the store lacked it and has it now
 		}
-		if id, ok := parseID(v); ok && id != batch[i].ID {
+		if id, _, ok := parseValue(v); ok && id != batch[i].ID {
 			tb.t.Learn(batch[i].Key, id, now)
 		}
 	}
