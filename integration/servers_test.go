@@ -145,14 +145,26 @@ func (ws *webServer) logLines() []string {
 	return strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 }
 
-// cookieAfter waits until the access log has more than n lines and returns
+// logCount waits (10 s at most) until the access log holds want lines
+// equal to line, and returns how many it holds. Apache writes a request's
+// line after it answers, and requests over different upstream connections
+// may be logged out of order, so a test counts lines rather than reading
 // the last one.
-func (ws *webServer) cookieAfter(n int) string {
+func (ws *webServer) logCount(line string, want int) int {
 	ws.t.Helper()
-	var lines []string
-	waitFor(ws.t, fmt.Sprintf("%s access log line %d", ws.name, n+1), 10*time.Second, func() bool {
-		lines = ws.logLines()
-		return len(lines) > n
-	})
-	return lines[len(lines)-1]
+	count := func() (n int) {
+		for _, l := range ws.logLines() {
+			if l == line {
+				n++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	n := count()
+	for n < want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		n = count()
+	}
+	return n
 }
