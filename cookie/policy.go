@@ -635,15 +635,7 @@ func (s *StickyCookie) bound(ps *poolState, st *reqState) (int, bool) {
 // keeping it away from upstreams that already failed this request and from
 // draining upstreams, unless only draining ones are left.
 func (s *StickyCookie) pickNew(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, st *reqState) *reverseproxy.Upstream {
-	if len(st.tried) == 0 && !affinity.AnyDraining() {
-		return s.fallback.Select(pool, r, w)
-	}
-	untried := func(u *reverseproxy.Upstream) bool { return !st.triedUp(u) }
-	up, _ := affinity.PreferNotDraining(untried, dial, func(ok func(*reverseproxy.Upstream) bool) (*reverseproxy.Upstream, bool) {
-		up := caddyutil.SelectAmong(s.fallback, pool, r, w, func(u *reverseproxy.Upstream) bool { return !ok(u) })
-		return up, up != nil
-	})
-	return up
+	return caddyutil.PickNew(s.fallback, pool, r, w, st.triedUp)
 }
 
 // pickStable moves a rewrite-mode session deterministically: the backend

@@ -273,10 +273,10 @@ func (s *StickyHeader) selectHash(pool reverseproxy.UpstreamPool, r *http.Reques
 			break
 		}
 	}
-	if value == "" || len(pool) == 0 {
-		return s.fallback.Select(pool, r, w)
-	}
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if value == "" || len(pool) == 0 {
+		return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.VarKey()+"/keyless")
+	}
 	up := ipaffinity.Upstreams{Available: func(i int) bool { return pool[i].Available() }}
 	if s.BalanceFactor > 0 {
 		up.Load = func(i int) int { return pool[i].NumRequests() }
@@ -284,7 +284,7 @@ func (s *StickyHeader) selectHash(pool reverseproxy.UpstreamPool, r *http.Reques
 	if i := s.core.SelectKey(pool, affinity.NamedKey(value), vars, up); i >= 0 {
 		return pool[i]
 	}
-	return s.fallback.Select(pool, r, w)
+	return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.VarKey()+"/keyless")
 }
 
 // Interface guards

@@ -146,10 +146,10 @@ func (s *IPAffinity) SelectSubset(pool reverseproxy.UpstreamPool, r *http.Reques
 	}
 	switch {
 	case s.fallback != nil:
-		return s.fallback.Select(pool, r, w)
+		return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.VarKey()+"/keyless")
 	case i == NotIP:
 		// No IP to be affine to: serve the request rather than fail it.
-		return reverseproxy.RandomSelection{}.Select(pool, r, w)
+		return caddyutil.PickKeyless(reverseproxy.RandomSelection{}, pool, r, w, vars, s.core.VarKey()+"/keyless")
 	}
 	return nil
 }

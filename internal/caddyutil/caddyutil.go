@@ -4,6 +4,7 @@ package caddyutil
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -68,3 +69,37 @@ func Without(pool reverseproxy.UpstreamPool, skip func(*reverseproxy.Upstream) b
 	}
 	return out
 }
+
+// PickNew asks fallback for an upstream for a new (or moved) session: not
+// one that tried reports an earlier attempt of the request used, nor a
+// draining one, unless only draining ones are left.
+func PickNew(fallback reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, tried func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream {
+	if !affinity.AnyDraining() && !slices.ContainsFunc(pool, tried) {
+		return fallback.Select(pool, r, w)
+	}
+	untried := func(u *reverseproxy.Upstream) bool { return !tried(u) }
+	up, _ := affinity.PreferNotDraining(untried, dial, func(ok func(*reverseproxy.Upstream) bool) (*reverseproxy.Upstream, bool) {
+		up := SelectAmong(fallback, pool, r, w, func(u *reverseproxy.Upstream) bool { return !ok(u) })
+		return up, up != nil
+	})
+	return up
+}
+
+// PickKeyless is PickNew for a request with no session key (no header, no
+// IP), which the fallback places on every attempt: the upstreams earlier
+// attempts used are kept in vars under key, and a new round tries them
+// again once every available one has failed (affinity.NewRound).
+func PickKeyless(fallback reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, vars map[string]any, key string) *reverseproxy.Upstream {
+	tried, _ := vars[key].([]string)
+	used := func(u *reverseproxy.Upstream) bool { return slices.Contains(tried, u.Dial) }
+	if affinity.NewRound(len(pool), func(i int) bool { return pool[i].Available() }, func(i int) bool { return used(pool[i]) }) {
+		tried = tried[:0]
+	}
+	up := PickNew(fallback, pool, r, w, used)
+	if up != nil && vars != nil {
+		vars[key] = append(tried, up.Dial)
+	}
+	return up
+}
+
+func dial(u *reverseproxy.Upstream) string { return u.Dial }
