@@ -80,8 +80,10 @@ const (
 	// maxEntriesPerShard keeps entry refs and index sizes in 32 bits.
 	maxEntriesPerShard = 1 << 30
 	// sessionChunk entries make one slab chunk (40 KiB): the slab grows
-	// without copying, wasting less than a chunk per shard.
-	sessionChunk = 1024
+	// without copying, wasting less than a chunk per shard. The first chunk
+	// starts at sessionFirstChunk entries and doubles.
+	sessionChunk      = 1024
+	sessionFirstChunk = 16
 	// sessionTrim bounds the expired entries a Put removes, so a burst of
 	// expiries does not stall one request.
 	sessionTrim = 8
@@ -702,8 +704,21 @@ func (s *sessionShard) alloc() uint32 {
 		s.free = s.entry(ref).next
 		return ref
 	}
-	if s.used%sessionChunk == 0 {
-		size := min(sessionChunk, int(s.max-s.used))
+	switch n := int(s.used); {
+	case n < sessionChunk && (len(s.chunks) == 0 || n == len(s.chunks[0])):
+		// The first chunk grows by doubling, so that a table holding a few
+		// sessions spread over every shard does not cost a whole chunk per
+		// shard. No entry pointer is held across alloc.
+		size := min(max(2*n, sessionFirstChunk), sessionChunk, int(s.max))
+		first := make([]sessionEntry, size)
+		if n > 0 {
+			copy(first, s.chunks[0])
+			s.chunks[0] = first
+		} else {
+			s.chunks = append(s.chunks, first)
+		}
+	case n >= sessionChunk && n%sessionChunk == 0:
+		size := min(sessionChunk, int(s.max)-n)
 		s.chunks = append(s.chunks, make([]sessionEntry, size))
 	}
 	s.used++

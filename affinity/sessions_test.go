@@ -2,6 +2,7 @@ package affinity
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
@@ -558,5 +559,38 @@ func TestSessionLifetime(t *testing.T) {
 	}
 	if _, ok := long.Get(k, t0.Add(91*24*time.Hour)); ok {
 		t.Fatal("a 90-day lifetime lasted 91 days")
+	}
+}
+
+// A table with few entries spread over every shard holds slab room for
+// about as many entries as it has, not a whole chunk per shard; a large
+// one fills whole chunks.
+func TestSessionSlabGrowsWithEntries(t *testing.T) {
+	room := func(st *SessionTable) (n int) {
+		for i := range st.shards {
+			for _, c := range st.shards[i].chunks {
+				n += len(c)
+			}
+		}
+		return n
+	}
+	st := NewSessionTable(100_000, time.Hour)
+	now := time.Unix(1_800_000_000, 0)
+	for i := range 200 {
+		st.Put(NamedKey(fmt.Sprint("small-", i)), 1, now)
+	}
+	if r, limit := room(st), 2*200+len(st.shards)*sessionFirstChunk; r > limit {
+		t.Fatalf("200 entries over %d shards hold room for %d, want at most %d", len(st.shards), r, limit)
+	}
+	for i := range 100_000 {
+		st.Put(NamedKey(fmt.Sprint("large-", i)), uint64(i%7+1), now)
+	}
+	for i := range 200 {
+		if _, ok := st.Get(NamedKey(fmt.Sprint("large-", 99_999-i)), now); !ok {
+			t.Fatalf("a recent entry of a full table is missing")
+		}
+	}
+	if r := room(st); r > 100_000+len(st.shards)*sessionChunk {
+		t.Fatalf("a full table holds room for %d entries", r)
 	}
 }
