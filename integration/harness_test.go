@@ -254,14 +254,16 @@ func (c *caddyProc) loadCaddyfile(sites string, dataDir string) {
 
 // backend is a real HTTP server on loopback that answers with its name.
 type backend struct {
-	t     testing.TB
-	name  string
-	addr  string
-	hits  atomic.Int64
-	mu    sync.Mutex
-	srv   *http.Server
-	seen  []string // Cookie headers received
-	extra func(w http.ResponseWriter, r *http.Request) (handled bool)
+	t    testing.TB
+	name string
+	addr string
+	hits atomic.Int64
+	mu   sync.Mutex
+	srv  *http.Server
+	seen []string // Cookie headers received, unless noSeen
+	// noSeen keeps seen empty: a long run's Cookie headers are not kept.
+	noSeen atomic.Bool
+	extra  func(w http.ResponseWriter, r *http.Request) (handled bool)
 }
 
 func newBackend(t testing.TB, name string) *backend {
@@ -289,9 +291,11 @@ func newBackend(t testing.TB, name string) *backend {
 func (b *backend) serve(ln net.Listener) {
 	b.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.hits.Add(1)
-		b.mu.Lock()
-		b.seen = append(b.seen, strings.Join(r.Header["Cookie"], "; "))
-		b.mu.Unlock()
+		if !b.noSeen.Load() {
+			b.mu.Lock()
+			b.seen = append(b.seen, strings.Join(r.Header["Cookie"], "; "))
+			b.mu.Unlock()
+		}
 		if b.extra != nil && b.extra(w, r) {
 			return
 		}
