@@ -310,11 +310,15 @@ func runSessions(cmd *cobra.Command, _ []string) error {
 }
 
 func runFlush(cmd *cobra.Command, _ []string) error {
-	if _, err := call(cmd, http.MethodDelete, "/affinity/sessions", nil, nil); err != nil {
+	var reply struct {
+		Flushed int `json:"flushed"`
+	}
+	if _, err := call(cmd, http.MethodDelete, "/affinity/sessions", nil, &reply); err != nil {
 		return err
 	}
-	if !jsonOut(cmd) {
-		fmt.Println("every session table flushed")
+	if jsonOut(cmd) {
+		return printJSON(reply)
 	}
+	fmt.Printf("every session table flushed (%d entries)\n", reply.Flushed)
 	return nil
 }
