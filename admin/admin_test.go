@@ -485,3 +485,54 @@ func TestAdminDrainDeadline(t *testing.T) {
 		}
 	}
 }
+
+// drained: false while a table-backed policy's entries are bound to the
+// draining upstream (whatever its deadline), or a session's request reached
+// it in the last minute without a deadline; true once neither holds.
+func TestAdminDrainedTableSessions(t *testing.T) {
+	const policy = "admin_test_drained"
+	addr, other := uniqueAddr("drained-table"), uniqueAddr("drained-other")
+	c := affinity.CountersFor(policy, addr)
+	affinity.CountersFor(policy, other)
+	table := affinity.NewSessionTable(100, time.Hour)
+	affinity.RegisterTable(policy, table)
+	t.Cleanup(func() { affinity.UnregisterTable(table) })
+	id, otherID := affinity.NameUpstream(addr), affinity.NameUpstream(other)
+	now := time.Now()
+	keys := []affinity.ClientKey{
+		affinity.MaskClient(netip.MustParseAddr("198.51.100.1"), 32, 64),
+		affinity.MaskClient(netip.MustParseAddr("198.51.100.2"), 32, 64),
+	}
+	for _, k := range keys {
+		table.Put(k, id, now)
+	}
+	affinity.SetDraining(addr, true)
+	t.Cleanup(func() { affinity.SetDraining(addr, false) })
+
+	check := func(what string, sessions int, drained bool) {
+		t.Helper()
+		u := findUpstream(getUpstreams(t), addr)
+		if u == nil || !u.Draining || u.Sessions != sessions || u.Drained != drained {
+			t.Fatalf("%s: %+v; want draining, %d sessions, drained %v", what, u, sessions, drained)
+		}
+	}
+	check("two entries bound", 2, false)
+
+	// A deadline that has passed moves sessions on their next request; until
+	// then they are still bound.
+	affinity.DrainUntil(addr, time.Now().Add(-time.Second))
+	check("two entries bound after the deadline", 2, false)
+
+	// One moves: one is still bound.
+	table.Put(keys[0], otherID, now)
+	check("one entry moved", 1, false)
+	table.Put(keys[1], otherID, now)
+	check("both entries moved", 0, true)
+
+	// Without a deadline, a session's request in the last minute keeps it
+	// from being drained, though no entry is bound.
+	affinity.DrainUntil(addr, time.Time{})
+	check("no entries, no sightings", 0, true)
+	c.Saw(12345, time.Now().Unix())
+	check("a session seen just now", 0, false)
+}

@@ -3,6 +3,8 @@ package integration
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
@@ -121,4 +123,113 @@ http://127.0.0.1:%d {
 	}
 	t.Logf("%d requests of bound clients stayed on d0 before the deadline; after it all %d moved: %v; drain --wait returned after %v:\n%s",
 		stayed, len(bound), moved, time.Since(start).Round(100*time.Millisecond), out)
+}
+
+// drained with ip_affinity (a session table) and a request in flight: a
+// drained upstream is one with no table entry bound and no request in
+// flight. A backend holds a request open until the test releases it; while
+// it does, and while the client's entry is bound, drained is false; after
+// the deadline the entry moves, and once the request is answered, drained
+// turns true.
+func TestDrainedInFlightAndTable(t *testing.T) {
+	h0, b1 := newBackend(t, "h0"), newBackend(t, "h1")
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	h0.extra = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/hold" {
+			arrived <- struct{}{}
+			<-release
+		}
+		return false
+	}
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+	})
+	port := freePort(t)
+	c := startCaddy(t, fmt.Sprintf(`
+http://127.0.0.1:%d {
+	reverse_proxy %s %s {
+		lb_policy ip_affinity {
+			persist_timeout 10m
+		}
+		lb_retries 2
+	}
+}
+`, port, h0.addr, b1.addr), caddyOpts{wait: []string{fmt.Sprintf("127.0.0.1:%d", port)}, level: "WARN"})
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	status := func() admin.UpstreamStatus {
+		t.Helper()
+		var ups []admin.UpstreamStatus
+		adminGet(t, c.admin, "/affinity/upstreams", &ups)
+		for _, u := range ups {
+			if u.Address == h0.addr {
+				return u
+			}
+		}
+		t.Fatalf("%s not listed in %+v", h0.addr, ups)
+		return admin.UpstreamStatus{}
+	}
+	// One client bound to h0 (the hash's choice, kept in the table).
+	src := ""
+	for i := 2; i < 60 && src == ""; i++ {
+		s := fmt.Sprintf("127.0.0.%d", i)
+		if getFrom(t, s, site+"/").backend == "h0" {
+			src = s
+		}
+	}
+	if src == "" {
+		t.Fatal("no source address hashed to h0")
+	}
+
+	const deadline = 2 * time.Second
+	if code, body := c.adminDo("POST", "/affinity/upstreams/drain", fmt.Sprintf(`{"address": %q, "deadline": "2s"}`, h0.addr)); code != 200 {
+		t.Fatalf("drain: %d %s", code, body)
+	}
+	drainedAt := time.Now()
+	if u := status(); !u.Draining || u.Sessions != 1 || u.Drained {
+		t.Fatalf("draining with the client's entry bound: %+v; want 1 session, drained false", u)
+	}
+
+	// The bound client's request, held by h0: in flight.
+	done := make(chan reply, 1)
+	go func() {
+		resp, err := sourceClient(src).Get(site + "/hold")
+		if err != nil {
+			done <- reply{status: -1, body: err.Error()}
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- reply{status: resp.StatusCode, backend: resp.Header.Get("X-Backend"), body: string(body)}
+	}()
+	select {
+	case <-arrived:
+	case r := <-done:
+		t.Fatalf("the held request was answered before h0 held it: %+v", r)
+	}
+	if u := status(); u.InFlight < 1 || u.Drained {
+		t.Fatalf("with a request held by h0: %+v; want in_flight >= 1, drained false", u)
+	}
+
+	// After the deadline the client's next request moves its entry; the
+	// held request is still in flight: not drained.
+	waitFor(t, "the drain deadline to pass", 10*time.Second, func() bool { return time.Since(drainedAt) > deadline+time.Second })
+	if r := getFrom(t, src, site+"/"); r.status != 200 || r.backend != "h1" {
+		t.Fatalf("the bound client after the deadline: %+v; want moved to h1", r)
+	}
+	if u := status(); u.Sessions != 0 || u.InFlight < 1 || u.Drained {
+		t.Fatalf("entry moved, request still held: %+v; want 0 sessions, in_flight >= 1, drained false", u)
+	}
+
+	close(release)
+	released = true
+	if r := <-done; r.status != 200 || r.backend != "h0" {
+		t.Fatalf("the held request: %+v; want 200 from h0", r)
+	}
+	waitFor(t, "h0 drained once the request is answered", 10*time.Second, func() bool {
+		u := status()
+		return u.Drained && u.InFlight == 0 && u.Sessions == 0
+	})
 }
