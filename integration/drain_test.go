@@ -233,3 +233,85 @@ http://127.0.0.1:%d {
 		return u.Drained && u.InFlight == 0 && u.Sessions == 0
 	})
 }
+
+// A drain's deadline survives a config reload (POST /load of a changed
+// config): GET /affinity/upstreams still shows it, bound clients stay until
+// it passes and move after it, as without the reload.
+func TestDrainDeadlineSurvivesReload(t *testing.T) {
+	bs := []*backend{newBackend(t, "r0"), newBackend(t, "r1")}
+	port := freePort(t)
+	sites := func(retries int) string {
+		return fmt.Sprintf(`
+http://127.0.0.1:%d {
+	reverse_proxy %s %s {
+		lb_policy sticky_cookie {
+			secret %s
+			fallback round_robin
+		}
+		lb_retries %d
+	}
+}
+`, port, bs[0].addr, bs[1].addr, testSecret, retries)
+	}
+	c := startCaddy(t, sites(2), caddyOpts{wait: []string{fmt.Sprintf("127.0.0.1:%d", port)}})
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	var bound []*client
+	for len(bound) < 3 {
+		cl := newClient(t)
+		if cl.get(url).backend == "r0" {
+			bound = append(bound, cl)
+		}
+	}
+	deadlineOf := func() *time.Time {
+		var ups []admin.UpstreamStatus
+		adminGet(t, c.admin, "/affinity/upstreams", &ups)
+		for _, u := range ups {
+			if u.Address == bs[0].addr {
+				if !u.Draining {
+					t.Fatalf("r0 is not draining: %+v", u)
+				}
+				return u.Deadline
+			}
+		}
+		t.Fatalf("r0 not listed: %+v", ups)
+		return nil
+	}
+	const wait = 4 * time.Second
+	code, body := c.adminDo("POST", "/affinity/upstreams/drain", fmt.Sprintf(`{"address": %q, "deadline": "4s"}`, bs[0].addr))
+	if code != 200 {
+		t.Fatalf("drain: %d %s", code, body)
+	}
+	start := time.Now()
+	before := deadlineOf()
+	if before == nil {
+		t.Fatal("no deadline shown after the drain")
+	}
+
+	// A changed config (lb_retries), so Caddy really reloads.
+	c.loadCaddyfile(sites(3), "")
+	if !c.logContains(`"msg":"load complete"`) {
+		t.Fatalf("POST /load of a changed config did not reload:\n%s", c.logTail(20))
+	}
+	after := deadlineOf()
+	if after == nil || !after.Equal(*before) {
+		t.Fatalf("deadline after the reload: %v, want %v", after, before)
+	}
+	for time.Since(start) < wait-time.Second {
+		for i, cl := range bound {
+			if r := cl.get(url); r.status != 200 || r.backend != "r0" {
+				t.Fatalf("client %d before the deadline, after the reload: %+v; want r0", i, r)
+			}
+		}
+		if r := newClient(t).get(url); r.backend != "r1" {
+			t.Fatalf("a new client went to %s while r0 drains", r.backend)
+		}
+	}
+	// Enforced after the reload: past the deadline every bound client moves
+	// on its next request.
+	waitFor(t, "the deadline to pass", 10*time.Second, func() bool { return time.Now().After(*after) })
+	for i, cl := range bound {
+		if r := cl.get(url); r.status != 200 || r.backend != "r1" {
+			t.Fatalf("client %d after the deadline: %+v; want moved to r1", i, r)
+		}
+	}
+}
