@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -108,6 +109,29 @@ func (r *RedisServer) Stop() {
 	_ = r.cmd.Process.Kill()
 	<-r.exit
 	r.cmd = nil
+}
+
+// Freeze stops the server's process (SIGSTOP) without closing its
+// connections: it accepts nothing and answers nothing, as a server that
+// hangs. Thaw resumes it; the test's cleanup thaws it too.
+func (r *RedisServer) Freeze() {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		r.t.Fatalf("SIGSTOP redis-server: %v", err)
+	}
+	r.t.Cleanup(func() {
+		if r.cmd != nil {
+			_ = r.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	})
+}
+
+// Thaw resumes a frozen server (SIGCONT).
+func (r *RedisServer) Thaw() {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		r.t.Fatalf("SIGCONT redis-server: %v", err)
+	}
 }
 
 // Restart starts the server again on the same port, empty (it keeps no
