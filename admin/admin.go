@@ -67,11 +67,14 @@ type UpstreamStatus struct {
 	InFlight int `json:"in_flight"`
 	// Draining, with nothing bound (no table entry, no session seen in the
 	// last minute) and nothing in flight: it can be taken down.
-	Drained  bool           `json:"drained"`
-	Hits     uint64         `json:"hits"`
-	New      uint64         `json:"new"`
-	Rebinds  uint64         `json:"rebinds"`
-	Rejected map[string]any `json:"rejected"`
+	Drained bool   `json:"drained"`
+	Hits    uint64 `json:"hits"`
+	New     uint64 `json:"new"`
+	Rebinds uint64 `json:"rebinds"`
+	// CookiesTooLarge counts backend cookies left as they came because
+	// the route token would have taken them past 4096 bytes (rewrite mode).
+	CookiesTooLarge uint64         `json:"cookies_too_large"`
+	Rejected        map[string]any `json:"rejected"`
 }
 
 func (adminAffinity) handleUpstreams(w http.ResponseWriter, r *http.Request) error {
@@ -99,6 +102,7 @@ func (adminAffinity) handleUpstreams(w http.ResponseWriter, r *http.Request) err
 		u.Hits += c.Count(affinity.ResultHit)
 		u.New += c.Count(affinity.ResultNew)
 		u.Rebinds += c.Count(affinity.ResultRebind)
+		u.CookiesTooLarge += c.TooLarge()
 		u.Rejected["total"] = u.Rejected["total"].(uint64) + c.Count(affinity.ResultRejected)
 		for _, reason := range affinity.Reasons() {
 			if n := c.RejectedBy(reason); n > 0 {

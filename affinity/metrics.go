@@ -16,6 +16,9 @@ var (
 	rejectedDesc = prometheus.NewDesc("caddy_affinity_rejected_total",
 		"Invalid affinity cookies, by policy, upstream and reason.",
 		[]string{"policy", "upstream", "reason"}, nil)
+	tooLargeDesc = prometheus.NewDesc("caddy_affinity_cookies_too_large_total",
+		"Backend cookies left unrewritten because the route token would take them past the 4096 bytes browsers store, by policy and upstream.",
+		[]string{"policy", "upstream"}, nil)
 	sessionsDesc = prometheus.NewDesc("caddy_affinity_sessions",
 		"Entries in affinity session tables, by upstream.",
 		[]string{"upstream"}, nil)
@@ -29,6 +32,7 @@ type collector struct{}
 func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- decisionsDesc
 	ch <- rejectedDesc
+	ch <- tooLargeDesc
 	ch <- sessionsDesc
 	ch <- drainingDesc
 }
@@ -44,6 +48,9 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 			if n := c.RejectedBy(reason); n > 0 {
 				ch <- prometheus.MustNewConstMetric(rejectedDesc, prometheus.CounterValue, float64(n), policy, addr, reason.String())
 			}
+		}
+		if n := c.TooLarge(); n > 0 {
+			ch <- prometheus.MustNewConstMetric(tooLargeDesc, prometheus.CounterValue, float64(n), policy, addr)
 		}
 	})
 	sessions := SessionsByUpstream()

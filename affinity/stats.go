@@ -43,6 +43,7 @@ type Counters struct {
 	results  [numResults]atomic.Uint64
 	rejected [numReasons]atomic.Uint64
 	last     atomic.Int64 // unix seconds of the last request of a session
+	tooLarge atomic.Uint64
 	seen     sightings
 }
 
@@ -78,6 +79,22 @@ func (c *Counters) Record(r Result, reason Reason) {
 	if r == ResultRejected && reason < numReasons {
 		c.rejected[reason].Add(1)
 	}
+}
+
+// NoteTooLarge counts a backend's cookie left as it came because the
+// route token would have taken it past what browsers store.
+func (c *Counters) NoteTooLarge() {
+	if c != nil {
+		c.tooLarge.Add(1)
+	}
+}
+
+// TooLarge returns how many cookies NoteTooLarge counted.
+func (c *Counters) TooLarge() uint64 {
+	if c == nil {
+		return 0
+	}
+	return c.tooLarge.Load()
 }
 
 // Count returns the count of result r.

@@ -112,8 +112,11 @@ func (c cookieCarrier) rewrite(h http.Header, st *reqState, now time.Time) {
 		if token == "" {
 			token = st.routeToken()
 		}
-		if nl, ok := RewriteSetCookie(l, c.s.Name, token, now); ok {
+		switch nl, ok, tooLarge := RewriteSetCookie(l, c.s.Name, token, now); {
+		case ok:
 			lines[i] = nl
+		case tooLarge:
+			st.counters.NoteTooLarge()
 		}
 	}
 }

@@ -70,7 +70,7 @@ func FuzzRewriteSetCookie(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
-		out, ok := RewriteSetCookie(line, "SESSID", tok, now)
+		out, ok, _ := RewriteSetCookie(line, "SESSID", tok, now)
 		if !ok {
 			if out != line {
 				t.Fatalf("not rewritten, yet changed: %q -> %q", line, out)
@@ -90,12 +90,12 @@ func FuzzRewriteSetCookie(f *testing.F) {
 		if eq := strings.IndexByte(line, '='); !strings.HasPrefix(out, line[:eq+1]) {
 			t.Fatalf("rewriting %q changed the name part: %q", line, out)
 		}
-		again, ok := RewriteSetCookie(out, "SESSID", tok, now)
+		again, ok, _ := RewriteSetCookie(out, "SESSID", tok, now)
 		if !ok || again != out {
 			t.Fatalf("rewriting twice differs from once:\n once %q\ntwice %q", out, again)
 		}
 		// Another token replaces ours rather than stacking on it.
-		other, ok := RewriteSetCookie(out, "SESSID", old, now)
+		other, ok, _ := RewriteSetCookie(out, "SESSID", old, now)
 		if !ok || len(other) != len(out) || !strings.Contains(other, old+"~") {
 			t.Fatalf("rewriting %q with another token: %q", out, other)
 		}

@@ -83,7 +83,8 @@ func (s *StickyCookie) attachToHandler(vars map[string]any, st *reqState) {
 	}
 	s.noHandler.Do(func() {
 		s.logger.Error(s.policy+" in "+s.Mode+" mode needs the affinity handler before reverse_proxy; "+
-			"add the 'affinity' directive to the site block (or an http.handlers.affinity handler to the route). "+
+			"add the 'affinity' directive to the block that holds reverse_proxy (the handle or route block, if it is in one), "+
+			"or an http.handlers.affinity handler to its route. "+
 			"Proxying without stickiness until then",
 			zap.String(s.carrier.kind(), s.Name))
 	})

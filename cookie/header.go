@@ -292,23 +292,31 @@ func SetCookieValue(line, name string, now time.Time) (value string, deleted, ok
 	return v, deletes(line[end:], now), true
 }
 
+// MaxCookieSize is the most bytes of name and value a browser stores in
+// one cookie (RFC 6265 asks for at least 4096; Chromium and Firefox refuse
+// a longer cookie whole).
+const MaxCookieSize = 4096
+
 // RewriteSetCookie returns the Set-Cookie line with the value of cookie
 // name prefixed by token and Separator. Every attribute and every byte
 // outside the value is kept as the backend wrote it. A line for another
 // cookie, or one that deletes the cookie (Max-Age <= 0, or an Expires before
 // now), is returned unchanged with ok false. A value that already carries a
-// route token has it replaced, never doubled.
-func RewriteSetCookie(line, name, token string, now time.Time) (string, bool) {
+// route token has it replaced, never doubled. A cookie whose name and value
+// the token would take past MaxCookieSize is returned unchanged, with ok
+// false and tooLarge true: a browser would drop the rewritten cookie whole,
+// and with it the backend's session.
+func RewriteSetCookie(line, name, token string, now time.Time) (out string, ok, tooLarge bool) {
 	end := strings.IndexByte(line, ';')
 	if end < 0 {
 		end = len(line)
 	}
 	eq := strings.IndexByte(line[:end], '=')
 	if eq < 0 || strings.TrimSpace(line[:eq]) != name {
-		return line, false
+		return line, false, false
 	}
 	if deletes(line[end:], now) {
-		return line, false
+		return line, false, false
 	}
 	vs, ve := eq+1, end
 	for vs < ve && (line[vs] == ' ' || line[vs] == '\t') {
@@ -325,7 +333,10 @@ func RewriteSetCookie(line, name, token string, now time.Time) (string, bool) {
 	if quoted {
 		q = `"`
 	}
-	return line[:vs] + q + token + string(Separator) + inner + q + line[ve:], true
+	if eq+len(q)+len(token)+1+len(inner)+len(q) > MaxCookieSize {
+		return line, false, true
+	}
+	return line[:vs] + q + token + string(Separator) + inner + q + line[ve:], true, false
 }
 
 // deletes reports whether the attributes of a Set-Cookie line delete the

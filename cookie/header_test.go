@@ -224,11 +224,11 @@ func TestRewriteSetCookie(t *testing.T) {
 			"SESSID=" + tok + "~a; Max-Age=1e3; Expires=Fri, 01 Jan 2100 00:00:00 GMT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := RewriteSetCookie(tc.line, tc.cookie, tok, now)
+			got, ok, _ := RewriteSetCookie(tc.line, tc.cookie, tok, now)
 			if !ok || got != tc.want {
 				t.Fatalf("RewriteSetCookie(%q)\n got %q, %v\nwant %q, true", tc.line, got, ok, tc.want)
 			}
-			again, ok := RewriteSetCookie(got, tc.cookie, tok, now)
+			again, ok, _ := RewriteSetCookie(got, tc.cookie, tok, now)
 			if !ok || again != got {
 				t.Fatalf("rewriting twice: %q, want %q", again, got)
 			}
@@ -262,10 +262,33 @@ func TestRewriteSetCookieUnchanged(t *testing.T) {
 		{"PHP session_destroy style", "SESSID=deleted; expires=Thu, 01-Jan-1970 00:00:01 GMT; Max-Age=0; path=/"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := RewriteSetCookie(tc.line, "SESSID", tok, now)
+			got, ok, _ := RewriteSetCookie(tc.line, "SESSID", tok, now)
 			if ok || got != tc.line {
 				t.Fatalf("RewriteSetCookie(%q) = %q, %v; want it unchanged, false", tc.line, got, ok)
 			}
 		})
+	}
+}
+
+// A rewrite that would take the cookie past the 4096 bytes of name and
+// value browsers store leaves the line as the backend wrote it.
+func TestRewriteSetCookieTooLarge(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	tok := strings.Repeat("T", 28)
+	// Chromium counts name and value, not the '=' between them.
+	room := MaxCookieSize - len("SESSID") - len(tok) - 1 // what the value may have
+	fits := "SESSID=" + strings.Repeat("v", room) + "; Path=/"
+	got, ok, tooLarge := RewriteSetCookie(fits, "SESSID", tok, now)
+	if n := len(strings.SplitN(got, ";", 2)[0]) - 1; !ok || tooLarge || n != MaxCookieSize {
+		t.Fatalf("a value that fits: ok %v, tooLarge %v, %d bytes of name and value", ok, tooLarge, n)
+	}
+	over := "SESSID=" + strings.Repeat("v", room+1) + "; Path=/"
+	if got, ok, tooLarge := RewriteSetCookie(over, "SESSID", tok, now); ok || !tooLarge || got != over {
+		t.Fatalf("one byte more: ok %v, tooLarge %v, line changed: %v", ok, tooLarge, got != over)
+	}
+	// Quotes count as part of the value.
+	quoted := `SESSID="` + strings.Repeat("v", room-1) + `"; Path=/`
+	if _, ok, tooLarge := RewriteSetCookie(quoted, "SESSID", tok, now); ok || !tooLarge {
+		t.Fatalf("a quoted value one byte over: ok %v, tooLarge %v", ok, tooLarge)
 	}
 }

@@ -452,6 +452,8 @@ type reqState struct {
 	chosenID uint64
 	issued   uint32
 	policy   *StickyCookie
+	// counters are the chosen upstream's, for what the response does.
+	counters *affinity.Counters
 	// cookieSet: an attempt of this request set the cookie.
 	cookieSet bool
 	// While reading the request's tokens.
@@ -563,7 +565,9 @@ func (s *StickyCookie) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		}
 	}
 	st.tried = append(st.tried, up)
+	st.counters = nil
 	if idx >= 0 {
+		st.counters = ps.counters[idx]
 		ps.counters[idx].Record(result, reason)
 		// A detour leaves the session where it is: what the response
 		// re-sets still names its upstream.

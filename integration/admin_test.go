@@ -30,13 +30,14 @@ func (c *caddyProc) adminDo(method, path, body string) (int, string) {
 }
 
 type upstreamStatus struct {
-	Address  string         `json:"address"`
-	Draining bool           `json:"draining"`
-	Sessions int            `json:"sessions"`
-	Hits     uint64         `json:"hits"`
-	New      uint64         `json:"new"`
-	Rebinds  uint64         `json:"rebinds"`
-	Rejected map[string]int `json:"rejected"`
+	Address         string         `json:"address"`
+	Draining        bool           `json:"draining"`
+	Sessions        int            `json:"sessions"`
+	Hits            uint64         `json:"hits"`
+	New             uint64         `json:"new"`
+	Rebinds         uint64         `json:"rebinds"`
+	CookiesTooLarge uint64         `json:"cookies_too_large"`
+	Rejected        map[string]int `json:"rejected"`
 }
 
 func (c *caddyProc) upstreams() map[string]upstreamStatus {

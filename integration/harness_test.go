@@ -125,17 +125,23 @@ type caddyOpts struct {
 	env     []string
 	global  string // extra global options
 	level   string // log level; DEBUG when empty
+	// autoHTTPS is the auto_https global option; off when empty (sites
+	// with tls internal need it on, e.g. disable_redirects).
+	autoHTTPS string
 }
 
 // globalBlock is the global options block every test Caddy gets.
-func globalBlock(admin, dataDir, extra, level string) string {
+func globalBlock(admin, dataDir, extra, level, autoHTTPS string) string {
 	if level == "" {
 		level = "DEBUG"
+	}
+	if autoHTTPS == "" {
+		autoHTTPS = "off"
 	}
 	return fmt.Sprintf(`{
 	admin %s
 	storage file_system %s
-	auto_https off
+	auto_https %s
 	persist_config off
 	default_bind 127.0.0.1
 	grace_period 2s
@@ -145,7 +151,7 @@ func globalBlock(admin, dataDir, extra, level string) string {
 	}
 %s
 }
-`, admin, dataDir, level, extra)
+`, admin, dataDir, autoHTTPS, level, extra)
 }
 
 // startCaddy starts Caddy with the site blocks of sites and waits until its
@@ -159,7 +165,7 @@ func startCaddy(t testing.TB, sites string, o caddyOpts) *caddyProc {
 	}
 	c := &caddyProc{t: t, dir: dir, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), done: make(chan struct{})}
 	c.opts = o
-	cfg := globalBlock(c.admin, o.dataDir, o.global, o.level) + sites
+	cfg := globalBlock(c.admin, o.dataDir, o.global, o.level, o.autoHTTPS) + sites
 	cfgPath := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -238,7 +244,7 @@ func (c *caddyProc) loadCaddyfile(sites string, dataDir string) {
 	if dataDir == "" {
 		dataDir = c.opts.dataDir
 	}
-	cfg := globalBlock(c.admin, dataDir, c.opts.global, c.opts.level) + sites
+	cfg := globalBlock(c.admin, dataDir, c.opts.global, c.opts.level, c.opts.autoHTTPS) + sites
 	req, _ := http.NewRequest(http.MethodPost, "http://"+c.admin+"/load", strings.NewReader(cfg))
 	req.Header.Set("Content-Type", "text/caddyfile")
 	resp, err := http.DefaultClient.Do(req)
