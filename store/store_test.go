@@ -389,3 +389,68 @@ func TestStoreLifetime(t *testing.T) {
 		t.Fatal("the other instance loaded an entry past its lifetime")
 	}
 }
+
+// An entry used on every request is written to the store at most once a
+// quarter of the idle timeout (in the refresh's batches, never per
+// request), and stays there past the idle timeout while it is used; an
+// entry no longer used expires there.
+func TestRefreshThrottled(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	const ttl = 4 * time.Second // the shortest whose quarter is the refresh period (at least 1s)
+	st := affinity.NewSessionTable(1000, ttl)
+	tb, err := Open(&Config{Redis: &Redis{Address: srv.Addr, Timeout: caddy.Duration(time.Second)}}, "throttle", ttl, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tb.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	used, idle := affinity.NamedKey("a session in use"), affinity.NamedKey("a session left")
+	usedName, idleName := tb.redisName(tb.Key(used)), tb.redisName(tb.Key(idle))
+	start := time.Now()
+	st.Put(used, 1, start)
+	st.Put(idle, 2, start)
+	writes := func() int {
+		c := srv.CommandCalls()
+		return c["set"] + c["expire"] + c["pexpire"] + c["getex"]
+	}
+	before, gets, refreshes := writes(), srv.CommandCalls()["get"], tb.c.stats.ops[opRefresh].Load()
+
+	// Requests of one session, every few milliseconds, for two idle
+	// timeouts (the unused entry, refreshed in the first two passes at
+	// most, has expired by then).
+	requests := 0
+	for time.Since(start) < 2*ttl {
+		if id, ok := st.Get(used, time.Now()); !ok || id != 1 {
+			t.Fatalf("after %v the entry in use is %d, %v", time.Since(start), id, ok)
+		}
+		requests++
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	passes := int(elapsed/(ttl/4)) + 1 // refresh periods begun
+	// Each pass writes the entry with one SET (NX) and one EXPIRE; the
+	// idle entry is in the first pass only.
+	if w := writes() - before; w > 2*passes+2 || w < 2 {
+		t.Errorf("%d requests over %v made %d writes; want at most %d (one SET and one EXPIRE a quarter of %v)", requests, elapsed.Round(time.Millisecond), w, 2*passes+2, ttl)
+	}
+	if g := srv.CommandCalls()["get"] - gets; g != 0 {
+		t.Errorf("%d requests of a cached entry made %d GETs", requests, g)
+	}
+	if r := tb.c.stats.ops[opRefresh].Load() - refreshes; r > uint64(passes) || r < 1 {
+		t.Errorf("%d refresh round trips over %v; want 1 to %d", r, elapsed.Round(time.Millisecond), passes)
+	}
+
+	// Past the idle timeout: the entry in use is still in Redis, the other
+	// one expired there.
+	if pttl, err := srv.Do("PTTL", usedName); err != nil || atoi(pttl) <= 0 {
+		t.Errorf("the entry in use, %v after it was stored (idle timeout %v): PTTL %q, %v; want it still there", elapsed.Round(time.Millisecond), ttl, pttl, err)
+	}
+	if pttl, err := srv.Do("PTTL", idleName); err != nil || pttl != "-2" {
+		t.Errorf("the entry left unused for %v: PTTL %q, %v; want it expired (-2)", elapsed.Round(time.Millisecond), pttl, err)
+	}
+	t.Logf("%d requests of one session over %v: %d writes to Redis, %d refresh round trips", requests, elapsed.Round(time.Millisecond),
+		writes()-before, tb.c.stats.ops[opRefresh].Load()-refreshes)
+}
