@@ -599,13 +599,16 @@ func TestSoak(t *testing.T) {
 	backendKillWindow.Store(false)
 	load()
 
-	// 2. A reload through the admin API.
-	grant("reload", time.Time{}, func(*soakClient) bool { return false })
-	for _, in := range fleet {
-		sites, _ := soakSites(in, addrs, mcpAddrs, rdb.Addr)
-		in.proc.loadCaddyfile(sites, "")
+	// 2. A reload through the admin API, on both instances: no client moves.
+	reload := func() {
+		grant("reload", time.Time{}, func(*soakClient) bool { return false })
+		for _, in := range fleet {
+			sites, _ := soakSites(in, addrs, mcpAddrs, rdb.Addr)
+			in.proc.loadCaddyfile(sites, "")
+		}
+		load()
 	}
-	load()
+	reload()
 
 	// 3. Redis killed and restarted: no client notices; the instances
 	// write their entries back.
@@ -635,12 +638,7 @@ func TestSoak(t *testing.T) {
 	load()
 
 	// 5. A second reload.
-	grant("reload", time.Time{}, func(*soakClient) bool { return false })
-	for _, in := range fleet {
-		sites, _ := soakSites(in, addrs, mcpAddrs, rdb.Addr)
-		in.proc.loadCaddyfile(sites, "")
-	}
-	load()
+	reload()
 
 	// 6. Instance B killed with SIGKILL and started again: sessions kept
 	// by a token or by Redis survive; those in B's memory tables do not
