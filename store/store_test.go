@@ -454,3 +454,59 @@ func TestRefreshThrottled(t *testing.T) {
 	t.Logf("%d requests of one session over %v: %d writes to Redis, %d refresh round trips", requests, elapsed.Round(time.Millisecond),
 		writes()-before, tb.c.stats.ops[opRefresh].Load()-refreshes)
 }
+
+// A server with a password (given as a placeholder), a database other than
+// 0 and a key prefix of its own: the entries, the HMAC key and what another
+// instance reads are all in that database under that prefix, nothing in
+// database 0 or under the default prefix.
+func TestRedisPasswordDBPrefix(t *testing.T) {
+	const password, db, prefix = "s3cret-for-the-test", 5, "myapp:"
+	srv := testutil.StartRedisWith(t, testutil.RedisOptions{Password: password})
+	t.Setenv("AFFINITY_TEST_REDIS_PASSWORD", password)
+	open := func(timeout time.Duration) (*affinity.SessionTable, *Table) {
+		st := affinity.NewSessionTable(1000, time.Hour)
+		tb, err := Open(&Config{Redis: &Redis{Address: srv.Addr, Password: "{env.AFFINITY_TEST_REDIS_PASSWORD}",
+			DB: db, KeyPrefix: prefix, Timeout: caddy.Duration(timeout)}}, "pw", time.Hour, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := tb.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+		return st, tb
+	}
+	one, tb := open(time.Second)
+	two, _ := open(2 * time.Second) // another pool: another instance
+	if !tb.c.ready() {
+		t.Fatal("the store with the password is not ready")
+	}
+	now := time.Now()
+	keys := []affinity.ClientKey{ipKey("192.0.2.10"), affinity.NamedKey("a session id")}
+	for i, k := range keys {
+		one.Put(k, uint64(i+1), now)
+	}
+	if n := srv.KeysDB(db, prefix+"t:pw:"); n != 2 {
+		t.Errorf("database %d holds %d entries under %q, want 2", db, n, prefix+"t:pw:")
+	}
+	if v, err := srv.DoDB(db, "EXISTS", prefix+"hmac-key"); err != nil || v != "1" {
+		t.Errorf("the HMAC key %q in database %d: %q, %v", prefix+"hmac-key", db, v, err)
+	}
+	if n := srv.KeysDB(0, ""); n != 0 {
+		t.Errorf("database 0 holds %d keys, want none", n)
+	}
+	if n := srv.KeysDB(db, DefaultKeyPrefix); n != 0 {
+		t.Errorf("database %d holds %d keys under the default prefix", db, n)
+	}
+	for i, k := range keys {
+		if id, ok := two.Get(k, now); !ok || id != uint64(i+1) {
+			t.Errorf("the other instance read %d, %v for %v; want %d", id, ok, k, i+1)
+		}
+	}
+	// Without the password the server refuses: the names above were
+	// written by an authenticated client.
+	if _, err := (&testutil.RedisServer{Addr: srv.Addr}).DoDB(0, "DBSIZE"); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("DBSIZE without the password: %v, want NOAUTH", err)
+	}
+}

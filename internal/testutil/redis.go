@@ -22,6 +22,14 @@ type RedisServer struct {
 	dir  string
 	cmd  *exec.Cmd
 	exit chan struct{}
+	opts RedisOptions
+}
+
+// RedisOptions are settings of the server StartRedisWith starts.
+type RedisOptions struct {
+	// Password, if any, every client must give (--requirepass); Do
+	// gives it.
+	Password string
 }
 
 const redisBin = "/usr/bin/redis-server"
@@ -32,6 +40,12 @@ const redisBin = "/usr/bin/redis-server"
 // server stops when t ends.
 func StartRedis(t testing.TB) *RedisServer {
 	t.Helper()
+	return StartRedisWith(t, RedisOptions{})
+}
+
+// StartRedisWith is StartRedis with options.
+func StartRedisWith(t testing.TB, opts RedisOptions) *RedisServer {
+	t.Helper()
 	if _, err := os.Stat(redisBin); err != nil {
 		msg := redisBin + " not installed: apt-get install redis-server (make test installs it when run as root)"
 		if os.Getenv("AFFINITY_REQUIRE_SERVERS") != "" {
@@ -39,7 +53,7 @@ func StartRedis(t testing.TB) *RedisServer {
 		}
 		t.Skipf("%s; set AFFINITY_REQUIRE_SERVERS=1 to require it", msg)
 	}
-	r := &RedisServer{t: t, dir: t.TempDir()}
+	r := &RedisServer{t: t, dir: t.TempDir(), opts: opts}
 	// A port found free can be taken before the server binds it: try again.
 	var err error
 	for range 5 {
@@ -73,6 +87,9 @@ func (r *RedisServer) start() error {
 	defer log.Close()
 	r.cmd = exec.Command(redisBin, "--port", port, "--bind", "127.0.0.1", "--dir", r.dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no")
+	if r.opts.Password != "" {
+		r.cmd.Args = append(r.cmd.Args, "--requirepass", r.opts.Password)
+	}
 	r.cmd.Stdout, r.cmd.Stderr = log, log
 	if err := r.cmd.Start(); err != nil {
 		return err
@@ -149,24 +166,44 @@ func (r *RedisServer) Restart() {
 	r.t.Fatalf("redis-server did not start again: %v", err)
 }
 
-// Do sends one command and returns its reply as text: a simple string, an
-// integer, a bulk string, or an array's elements one a line.
+// Do sends one command (after AUTH, if the server has a password) and
+// returns its reply as text: a simple string, an integer, a bulk string,
+// or an array's elements one a line.
 func (r *RedisServer) Do(args ...string) (string, error) {
+	return r.DoDB(0, args...)
+}
+
+// DoDB is Do in database db (after SELECT db).
+func (r *RedisServer) DoDB(db int, args ...string) (string, error) {
 	c, err := net.DialTimeout("tcp", r.Addr, time.Second)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	br := bufio.NewReader(c)
+	send := func(cmd []string) (string, error) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "*%d\r\n", len(cmd))
+		for _, a := range cmd {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
+		if _, err := c.Write([]byte(b.String())); err != nil {
+			return "", err
+		}
+		return readReply(br)
 	}
-	if _, err := c.Write([]byte(b.String())); err != nil {
-		return "", err
+	if r.opts.Password != "" {
+		if _, err := send([]string{"AUTH", r.opts.Password}); err != nil {
+			return "", err
+		}
 	}
-	return readReply(bufio.NewReader(c))
+	if db != 0 {
+		if _, err := send([]string{"SELECT", strconv.Itoa(db)}); err != nil {
+			return "", err
+		}
+	}
+	return send(args)
 }
 
 func readReply(br *bufio.Reader) (string, error) {
@@ -211,9 +248,15 @@ func readReply(br *bufio.Reader) (string, error) {
 // Keys returns how many keys the server holds under prefix (by SCAN).
 func (r *RedisServer) Keys(prefix string) int {
 	r.t.Helper()
+	return r.KeysDB(0, prefix)
+}
+
+// KeysDB is Keys in database db.
+func (r *RedisServer) KeysDB(db int, prefix string) int {
+	r.t.Helper()
 	n, cursor := 0, "0"
 	for {
-		out, err := r.Do("SCAN", cursor, "MATCH", prefix+"*", "COUNT", "1000")
+		out, err := r.DoDB(db, "SCAN", cursor, "MATCH", prefix+"*", "COUNT", "1000")
 		if err != nil {
 			r.t.Fatalf("SCAN: %v", err)
 		}
