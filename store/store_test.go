@@ -510,3 +510,47 @@ func TestRedisPasswordDBPrefix(t *testing.T) {
 		t.Errorf("DBSIZE without the password: %v, want NOAUTH", err)
 	}
 }
+
+// Every table that names the same store shares one connection pool, and a
+// reload (the new config's tables opened before the old ones close) keeps
+// it: its connections, health checks and event subscription go on.
+func TestStorePoolSharedAndKept(t *testing.T) {
+	srv := testutil.StartRedis(t)
+	cfg := func() *Config { return &Config{Redis: &Redis{Address: srv.Addr, Timeout: caddy.Duration(time.Second)}} }
+	open := func(name string) *Table {
+		t.Helper()
+		tb, err := Open(cfg(), name, time.Hour, affinity.NewSessionTable(100, time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tb
+	}
+	ip, learn := open("ip"), open("cookie:JSESSIONID")
+	if ip.c != learn.c {
+		t.Fatal("two policies naming one store got two connection pools")
+	}
+	// A reload: the new config's tables first, then the old ones close.
+	ip2, learn2 := open("ip"), open("cookie:JSESSIONID")
+	for _, tb := range []*Table{ip, learn} {
+		if err := tb.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ip2.c != ip.c || learn2.c != ip.c {
+		t.Fatal("a reload replaced the store's connection pool")
+	}
+	if !ip2.c.up.Load() {
+		t.Fatal("the kept pool is not up after the old tables closed")
+	}
+	for _, tb := range []*Table{ip2, learn2} {
+		if err := tb.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Unused, it is let go: the next table connects afresh.
+	last := open("ip")
+	defer last.Close()
+	if last.c == ip.c {
+		t.Fatal("the pool outlived every table that used it")
+	}
+}
