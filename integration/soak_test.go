@@ -800,9 +800,11 @@ Written by `+"`make soak`"+` (integration/soak_test.go, AFFINITY_SOAK=long) on %
     %s
 
 Clients: %s; %d MCP sessions of the official Go SDK. Each client pauses %s on average between
-requests. Two Caddy instances share a Redis store (learn mode); every other client kind sticks to
-one instance, as a balancer in front would send it, and goes to the other only while its own is
-down. Events, each after %s of traffic: a backend killed and restarted; a reload through the
+requests. Two Caddy instances share a Redis store (learn mode: each request goes to a random
+instance); the other kinds stick to one instance each, half to A and half to B, as a balancer in
+front would send them, and go to the other only while their own is down, but for the MCP
+sessions, which all use A (the SDK's client holds one endpoint, and its open event stream would
+end with the instance). Events, each after %s of traffic: a backend killed and restarted; a reload through the
 admin API on both instances; Redis killed and restarted (empty: the instances write their
 entries back); a rolling deploy (each backend drained with a %s deadline on both instances, then
 restarted and undrained); a second reload; instance B killed with SIGKILL and started again.
