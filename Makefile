@@ -20,7 +20,7 @@ demo: $(CADDY)
 ## test: vet, formatting, and every test (unit, fuzz seeds, integration) with -race
 test: $(CADDY) deps vet fmt-check
 	@# Allocation counts are meaningless under -race: their tests run without it.
-	$(GO) test -count=1 -run 'Allocations$$' ./affinity/ ./cookie/ ./ipaffinity/ ./l4/
+	$(GO) test -count=1 -run 'Allocations$$' ./affinity/ ./cookie/ ./ipaffinity/ ./l4/ ./internal/caddyutil/
 	$(GO) test -race -count=1 -timeout 20m ./...
 	@# The benchmark's own code is two more modules.
 	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...

@@ -188,7 +188,17 @@ func (t *SessionTable) tick(sec uint32) uint16 { return uint16(sec / t.lifeUnit)
 // tooOld reports whether an entry born at tick born has outlived the
 // lifetime at sec.
 func (t *SessionTable) tooOld(born uint16, sec uint32) bool {
-	return t.life > 0 && uint32(t.tick(sec)-born)*t.lifeUnit > t.life
+	if t.life == 0 {
+		return false
+	}
+	age := t.tick(sec) - born
+	if age >= 1<<15 {
+		// Born ahead of this clock (by another instance whose clock runs
+		// ahead, or across a second's boundary): new, not wrapped around.
+		// Ages that count stay under half the ticks' span.
+		return false
+	}
+	return uint32(age)*t.lifeUnit > t.life
 }
 
 // bornAt is the time of the tick born, seen from sec.

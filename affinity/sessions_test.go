@@ -594,3 +594,23 @@ func TestSessionSlabGrowsWithEntries(t *testing.T) {
 		t.Fatalf("a full table holds room for %d entries", r)
 	}
 }
+
+// An entry another instance stored with a birth a little ahead of this
+// clock is new here, not one that wrapped around its lifetime.
+func TestSessionLifetimeBornAhead(t *testing.T) {
+	st := NewSessionTable(100, 30*time.Minute)
+	st.SetLifetime(time.Hour)
+	now := time.Unix(1_800_000_000, 0)
+	k := NamedKey("learned elsewhere")
+	for _, ahead := range []time.Duration{time.Second, 5 * time.Minute} {
+		st.put(k, 1, now, now.Add(ahead))
+		if _, ok := st.Get(k, now); !ok {
+			t.Fatalf("an entry born %v ahead was dropped as too old", ahead)
+		}
+		st.Delete(k)
+	}
+	st.put(k, 1, now, now.Add(-61*time.Minute))
+	if _, ok := st.Get(k, now); ok {
+		t.Fatal("an entry born 61 minutes ago outlived a lifetime of an hour")
+	}
+}

@@ -639,6 +639,10 @@ func (s *StickyCookie) bound(ps *poolState, st *reqState) (int, bool) {
 // keeping it away from upstreams that already failed this request and from
 // draining upstreams, unless only draining ones are left.
 func (s *StickyCookie) pickNew(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, st *reqState) *reverseproxy.Upstream {
+	if len(st.tried) == 0 && !affinity.AnyDraining() {
+		// The common case, without the closure PickNew's filter needs.
+		return s.fallback.Select(pool, r, w)
+	}
 	return caddyutil.PickNew(s.fallback, pool, r, w, st.triedUp)
 }
 

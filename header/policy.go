@@ -275,7 +275,7 @@ func (s *StickyHeader) selectHash(pool reverseproxy.UpstreamPool, r *http.Reques
 	}
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 	if value == "" || len(pool) == 0 {
-		return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.VarKey()+"/keyless")
+		return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.KeylessKey())
 	}
 	up := ipaffinity.Upstreams{Available: func(i int) bool { return pool[i].Available() }}
 	if s.BalanceFactor > 0 {
@@ -284,7 +284,7 @@ func (s *StickyHeader) selectHash(pool reverseproxy.UpstreamPool, r *http.Reques
 	if i := s.core.SelectKey(pool, affinity.NamedKey(value), vars, up); i >= 0 {
 		return pool[i]
 	}
-	return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.VarKey()+"/keyless")
+	return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.KeylessKey())
 }
 
 // Interface guards

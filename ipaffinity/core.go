@@ -36,6 +36,9 @@ type Core[U comparable] struct {
 	logger   *zap.Logger
 	now      func() time.Time
 	noIPOnce sync.Once
+	// keylessKey names the variable of the upstreams a keyless request's
+	// attempts used (caddyutil.PickKeyless).
+	keylessKey string
 }
 
 // Upstreams is what the engine knows of a pool's upstreams now, by index.
@@ -67,6 +70,7 @@ const (
 func (c *Core[U]) Init(cfg *Config, policy string, addr func(U) string, logger *zap.Logger, fallback bool) {
 	c.opts, c.sessions = *cfg.Options(), cfg.Sessions()
 	c.policy, c.addr, c.triedKey, c.fallback, c.now = policy, addr, affinity.VarKey(policy), fallback, time.Now
+	c.keylessKey = c.triedKey + "/keyless"
 	c.SetLogger(logger)
 	c.pools.Addr = addr
 	c.pools.Build = func(addrs []string) affinity.IPPool { return affinity.NewIPPool(policy, addrs) }
@@ -81,6 +85,10 @@ func (c *Core[U]) SetLogger(l *zap.Logger) {
 // VarKey names the variable in which the core keeps the upstreams earlier
 // attempts of a request used.
 func (c *Core[U]) VarKey() string { return c.triedKey }
+
+// KeylessKey names the variable in which a request with no key (no client
+// IP, no header) keeps the upstreams its fallback's attempts used.
+func (c *Core[U]) KeylessKey() string { return c.keylessKey }
 
 // Close releases the pool states, when the config is unloaded.
 func (c *Core[U]) Close() { c.pools.Close() }

@@ -146,10 +146,10 @@ func (s *IPAffinity) SelectSubset(pool reverseproxy.UpstreamPool, r *http.Reques
 	}
 	switch {
 	case s.fallback != nil:
-		return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.VarKey()+"/keyless")
+		return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.KeylessKey())
 	case i == NotIP:
 		// No IP to be affine to: serve the request rather than fail it.
-		return caddyutil.PickKeyless(reverseproxy.RandomSelection{}, pool, r, w, vars, s.core.VarKey()+"/keyless")
+		return caddyutil.PickKeyless(reverseproxy.RandomSelection{}, pool, r, w, vars, s.core.KeylessKey())
 	}
 	return nil
 }

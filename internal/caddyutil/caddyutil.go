@@ -88,9 +88,24 @@ func PickNew(fallback reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *
 // PickKeyless is PickNew for a request with no session key (no header, no
 // IP), which the fallback places on every attempt: the upstreams earlier
 // attempts used are kept in vars under key, and a new round tries them
-// again once every available one has failed (affinity.NewRound).
+// again once every available one has failed (affinity.NewRound). A first
+// attempt with nothing draining costs no allocation.
 func PickKeyless(fallback reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, vars map[string]any, key string) *reverseproxy.Upstream {
-	tried, _ := vars[key].([]string)
+	prev := vars[key]
+	if prev == nil && !affinity.AnyDraining() {
+		up := fallback.Select(pool, r, w)
+		if up != nil && vars != nil {
+			vars[key] = up
+		}
+		return up
+	}
+	var tried []string
+	switch v := prev.(type) {
+	case *reverseproxy.Upstream:
+		tried = []string{v.Dial}
+	case []string:
+		tried = v
+	}
 	used := func(u *reverseproxy.Upstream) bool { return slices.Contains(tried, u.Dial) }
 	if affinity.NewRound(len(pool), func(i int) bool { return pool[i].Available() }, func(i int) bool { return used(pool[i]) }) {
 		tried = tried[:0]

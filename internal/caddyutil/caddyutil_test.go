@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/internal/testutil"
 )
 
 // first is a fallback that always takes the first upstream it is handed:
@@ -68,5 +69,22 @@ func TestPickKeylessAvoidsDraining(t *testing.T) {
 	r, w := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
 	if u := PickKeyless(first{}, p, r, w, map[string]any{}, "k"); u != p[1] {
 		t.Fatalf("went to %s, which drains", u.Dial)
+	}
+}
+
+// A keyless request's first attempt, nothing draining, costs no
+// allocation (Caddy's vars map has room for a variable or two).
+func TestPickKeylessAllocations(t *testing.T) {
+	if testutil.RaceEnabled {
+		t.Skip("allocation counts are meaningless under -race (make test runs this test without it)")
+	}
+	p := pool(3)
+	r, w := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
+	vars := make(map[string]any, 8)
+	if n := testing.AllocsPerRun(100, func() {
+		clear(vars)
+		PickKeyless(first{}, p, r, w, vars, "k")
+	}); n != 0 {
+		t.Fatalf("%.1f allocations per first attempt, want 0", n)
 	}
 }
