@@ -76,7 +76,7 @@ func TestPickKeylessAvoidsDraining(t *testing.T) {
 // allocation (Caddy's vars map has room for a variable or two).
 func TestPickKeylessAllocations(t *testing.T) {
 	if testutil.RaceEnabled {
-		t.Skip("allocation counts are meaningless under -race (make test runs this test without it)")
+		t.Skip("allocation counts require a build without -race (make test runs Allocations tests without it)")
 	}
 	p := pool(3)
 	r, w := httptest.NewRequest("GET", "/", nil), httptest.NewRecorder()
