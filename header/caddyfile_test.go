@@ -27,9 +27,10 @@ func TestCaddyfileEveryOption(t *testing.T) {
 		}`, `{"name":"Mcp-Session-Id","mode":"rewrite","secrets":["0123456789abcdef0123"],"max_lifetime":3600000000000,
 			"fallback":{"policy":"round_robin"},"on_failure":"strict"}`},
 		{`sticky_header Mcp-Session-Id {
-			mode       learn
-			on_failure temporary
-		}`, `{"name":"Mcp-Session-Id","mode":"learn","on_failure":"temporary"}`},
+			mode         learn
+			max_lifetime 8h
+			on_failure   temporary
+		}`, `{"name":"Mcp-Session-Id","mode":"learn","max_lifetime":28800000000000,"on_failure":"temporary"}`},
 		{`sticky_header X-Affinity {
 			mode         insert
 			secrets      0123456789abcdef0123 {env.OLD_AFFINITY_KEY}
