@@ -79,15 +79,17 @@ type Table struct {
 }
 
 // smallPool is what computing a slot's primary needs of a pool of up to
-// directMax upstreams.
+// directMax upstreams, a position's together: a lookup reads them all.
 type smallPool struct {
 	n int32 // positions; 0 for a larger pool
-	// full[p] is the first slot at which position p had reached its cap:
-	// fill gives slot s to the best scorer among the positions not yet
-	// full at s, which is what best computes.
-	full [directMax]int32
-	pos  [directMax]int32  // position -> index in the caller's list
-	seed [directMax]uint64 // position -> score seed term
+	p [directMax]struct {
+		seed uint64 // score seed term
+		// full is the first slot at which the position had reached its
+		// cap: fill gives slot s to the best scorer among the positions
+		// not yet full at s, which is what best computes.
+		full int32
+		pos  int32 // index in the caller's list
+	}
 }
 
 // Pools of up to directMax upstreams compute primaries (see Table.small):
@@ -169,9 +171,9 @@ func (t *Table) primaryOf(s uint64) int {
 func (sp *smallPool) best(s uint64) int {
 	k := xxhRound(0, s)
 	b, bs := -1, uint64(0)
-	for i := range int(sp.n) {
-		if int32(s) < sp.full[i] {
-			if sc := xxhScore(sp.seed[i], k); b < 0 || sc > bs {
+	for i := range sp.p[:sp.n] {
+		if q := &sp.p[i]; int32(s) < q.full {
+			if sc := xxhScore(q.seed, k); b < 0 || sc > bs {
 				b, bs = i, sc
 			}
 		}
@@ -233,7 +235,8 @@ func (t *Table) fill() {
 	if n <= directMax {
 		t.small.n = int32(n)
 		for i := range n {
-			t.small.seed[i], t.small.full[i], t.small.pos[i] = seeds[i], full[i], int32(t.pos[i])
+			q := &t.small.p[i]
+			q.seed, q.full, q.pos = seeds[i], full[i], int32(t.pos[i])
 		}
 	}
 }
@@ -283,7 +286,7 @@ func (t *Table) Lookup(h uint64) int {
 		return -1
 	}
 	if t.small.n > 0 {
-		return int(t.small.pos[t.small.best(h>>tableShift)])
+		return int(t.small.p[t.small.best(h>>tableShift)].pos)
 	}
 	if len(t.ids) == 0 {
 		return -1

@@ -20,36 +20,45 @@ type IPOptions struct {
 }
 
 // IPPool is what IP affinity derives from one pool of upstreams: the
-// consistent-hash table, the upstreams' session IDs and their counters. It
-// is immutable. What a selection reads comes first, the table inline: in a
-// small pool it reads little else.
+// consistent-hash table and, by index, what it keeps of each upstream. It
+// is immutable. A selection reads the upstreams' header and the table's
+// small pool first, inline, and then one upstream's entry.
 type IPPool struct {
-	Counters []*Counters
-	Table    Table
-	IDs      []uint64
-	Addrs    []string
+	Upstreams []PoolUpstream // by index in the pool
+	Table     Table
+}
+
+// PoolUpstream is what IP affinity keeps of one upstream of a pool,
+// together: a selection reads it at once.
+type PoolUpstream struct {
+	Counters *Counters
+	Addr     string
+	ID       uint64 // its session ID (NameUpstream)
 }
 
 // NewIPPool builds the state of a pool for policy kind policy.
 func NewIPPool(policy string, addrs []string) IPPool {
-	p := IPPool{Table: *NewTable(addrs), IDs: make([]uint64, len(addrs)), Counters: make([]*Counters, len(addrs)), Addrs: addrs}
+	p := IPPool{Table: *NewTable(addrs), Upstreams: make([]PoolUpstream, len(addrs))}
 	Retain(policy, addrs...)
 	for i, a := range addrs {
-		p.IDs[i] = NameUpstream(a)
-		p.Counters[i] = CountersFor(policy, a)
+		p.Upstreams[i] = PoolUpstream{Counters: CountersFor(policy, a), Addr: a, ID: NameUpstream(a)}
 	}
 	return p
 }
 
-func (p *IPPool) addr(i int) string { return p.Addrs[i] }
+func (p *IPPool) addr(i int) string { return p.Upstreams[i].Addr }
 
 // Release gives back what NewIPPool retained for policy.
-func (p *IPPool) Release(policy string) { Release(policy, p.Addrs...) }
+func (p *IPPool) Release(policy string) {
+	for _, u := range p.Upstreams {
+		Release(policy, u.Addr)
+	}
+}
 
 // Stale reports whether the upstream at position i of the caller's pool is
 // not the one p has there: the pool was changed in place, and the caller
 // must refresh p and choose again.
-func (p *IPPool) Stale(i int, addr string) bool { return i >= 0 && p.Addrs[i] != addr }
+func (p *IPPool) Stale(i int, addr string) bool { return i >= 0 && p.Upstreams[i].Addr != addr }
 
 // ChooseIP picks the upstream for client k: its session's upstream while
 // that is available, else the consistent-hash choice among available
@@ -68,7 +77,7 @@ func ChooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 	if tried == nil {
 		return chooseIP(o, sessions, p, k, now, avail, load, false)
 	}
-	if NewRound(len(p.Addrs), avail, tried) {
+	if NewRound(len(p.Upstreams), avail, tried) {
 		if sessions != nil {
 			sessions.Delete(k)
 		}
@@ -90,9 +99,10 @@ func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 	if sessions != nil {
 		if id, ok := sessions.Get(k, now); ok {
 			had = true
-			if i := p.Table.IndexOf(id); i >= 0 && OnBound(avail(i), false, Rebind, Evicted(p.Addrs[i], now)) == Keep {
-				p.Counters[i].Record(ResultHit, ReasonNone)
-				p.Counters[i].Saw(k.Hash(), now.Unix())
+			if i := p.Table.IndexOf(id); i >= 0 && OnBound(avail(i), false, Rebind, Evicted(p.addr(i), now)) == Keep {
+				c := p.Upstreams[i].Counters
+				c.Record(ResultHit, ReasonNone)
+				c.Saw(k.Hash(), now.Unix())
 				return i, ResultHit
 			}
 		}
@@ -125,9 +135,9 @@ func chooseIP(o *IPOptions, sessions *SessionTable, p *IPPool, k ClientKey, now 
 		res = ResultRebind
 	}
 	if sessions != nil {
-		sessions.Put(k, p.IDs[i], now)
-		p.Counters[i].Saw(h, now.Unix())
+		sessions.Put(k, p.Upstreams[i].ID, now)
+		p.Upstreams[i].Counters.Saw(h, now.Unix())
 	}
-	p.Counters[i].Record(res, ReasonNone)
+	p.Upstreams[i].Counters.Record(res, ReasonNone)
 	return i, res
 }

@@ -39,12 +39,12 @@ func TestChooseIPRetryRounds(t *testing.T) {
 		t.Fatalf("new round began at %d (%v), want the hash's choice %d as a rebind", i, res, home)
 	}
 	// Nothing available at all: no upstream, and the session is kept.
-	table.Put(k, p.IDs[second], now)
+	table.Put(k, p.Upstreams[second].ID, now)
 	up = []bool{false, false, false}
 	if i, _ := ChooseIP(o, table, p, k, now, avail, tried, nil); i != -1 {
 		t.Fatalf("with every upstream down chose %d", i)
 	}
-	if id, ok := table.Get(k, now); !ok || id != p.IDs[second] {
+	if id, ok := table.Get(k, now); !ok || id != p.Upstreams[second].ID {
 		t.Fatalf("with every upstream down the session was lost: %x, %v", id, ok)
 	}
 }

@@ -95,6 +95,16 @@ type poolSnap[U comparable, S any] struct {
 	addrs []string
 }
 
+// Hot returns the state for pool if pool is the very slice Get found
+// last, else nil: the one load and comparison of Get's common case, small
+// enough to inline into a selection's fast path.
+func (c *PoolCache[U, S]) Hot(pool []U) *S {
+	if h := c.hot.Load(); h != nil && sameSlice(h.orig, pool) {
+		return &h.state
+	}
+	return nil
+}
+
 // Get returns the state for pool. Callers that find the state's address
 // for a position differing from the upstream there (the slice was changed
 // in place, which Caddy does not do) call Refresh.

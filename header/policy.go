@@ -170,7 +170,12 @@ func (s *StickyHeader) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
 	s.static = caddyutil.RegisterParentUpstreams(ctx, PolicyName)
-	s.core.Init(&s.hash, PolicyName, func(u *reverseproxy.Upstream) string { return u.Dial }, ctx.Logger(), true)
+	s.core.Init(&s.hash, ipaffinity.Adapter[*reverseproxy.Upstream]{
+		Policy:   PolicyName,
+		Addr:     func(u *reverseproxy.Upstream) string { return u.Dial },
+		Fallback: true,
+		Once:     !caddyutil.ParentRetries(ctx),
+	}, ctx.Logger())
 	return nil
 }
 
@@ -277,7 +282,7 @@ func (s *StickyHeader) selectHash(pool reverseproxy.UpstreamPool, r *http.Reques
 	if value == "" || len(pool) == 0 {
 		return caddyutil.PickKeyless(s.fallback, pool, r, w, vars, s.core.KeylessKey())
 	}
-	up := ipaffinity.Upstreams{Available: func(i int) bool { return pool[i].Available() }}
+	up := ipaffinity.Upstreams[*reverseproxy.Upstream]{Available: (*reverseproxy.Upstream).Available}
 	if s.BalanceFactor > 0 {
 		up.Load = func(i int) int { return pool[i].NumRequests() }
 	}

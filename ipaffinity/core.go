@@ -18,39 +18,61 @@ import (
 // engine's upstream type; the policies are the adapters that describe a
 // request to it (Upstreams) and act on its answer.
 //
-// A policy embeds its Core and calls Init when provisioned. The fields a
-// selection reads come first, copied from the config, so that in a busy
-// server, where each cache line a selection touches is likely a miss, they
-// are a line or two beside the policy's own.
+// A policy embeds its Core and calls Init when provisioned. What the
+// common case (hit) reads comes first, copied from the config and with the
+// pool cache's hot pointer, so that in a busy server, where each cache
+// line a selection touches is likely a miss, it is one line.
 type Core[U comparable] struct {
-	sessions *affinity.SessionTable
 	triedKey string
-	opts     affinity.IPOptions
-	pools    affinity.PoolCache[U, affinity.IPPool] // its first field is what Get reads
+	v4, v6   int8 // the prefix lengths
+	// shortcut: Hit may decide: no session table, no bounded loads, and
+	// decisions not logged.
+	shortcut bool
+	// once: the policy's handler never retries, so the upstreams of a
+	// request's earlier attempts are not kept (Adapter.Once).
+	once     bool
+	fallback bool // the policy has a fallback for clients without an IP
 	decision decisionlog.Logger
 	addr     func(U) string
-	// fallback: the policy has a fallback for clients without an IP.
-	fallback bool
+	pools    affinity.PoolCache[U, affinity.IPPool] // its first field is what Hot reads
+	sessions *affinity.SessionTable
+	opts     affinity.IPOptions
 
 	policy   string
 	logger   *zap.Logger
 	now      func() time.Time
 	noIPOnce sync.Once
 	// keylessKey names the variable of the upstreams a keyless request's
-	// attempts used (caddyutil.PickKeyless).
+	// attempts used (caddyutil.PickKeyless); "" when once.
 	keylessKey string
 }
 
-// Upstreams is what the engine knows of a pool's upstreams now, by index.
-type Upstreams struct {
-	// Available reports whether upstream i can take the request now.
-	Available func(i int) bool
+// Adapter is what a policy tells its Core about itself.
+type Adapter[U any] struct {
+	// Policy is the policy's kind, its label in counters and metrics.
+	Policy string
+	// Addr returns an upstream's address, its identity.
+	Addr func(U) string
+	// Fallback: the policy has a fallback for clients without an IP.
+	Fallback bool
+	// Once: the policy's handler calls it once per request, never for a
+	// retry (reverse_proxy without lb_retries or lb_try_duration, layer4
+	// proxy without try_duration), so the upstreams earlier attempts used
+	// need not be kept: the core then reads and writes nothing in the
+	// request's variables.
+	Once bool
+}
+
+// Upstreams is what the engine knows of a pool's upstreams now.
+type Upstreams[U any] struct {
+	// Available reports whether an upstream can take the request now.
+	Available func(U) bool
 	// Load is upstream i's in-flight requests or connections, for bounded
 	// loads; nil without balance_factor.
 	Load func(i int) int
-	// Skip, if not nil, excludes upstream i (a policy whose fallback this
-	// is chooses among part of the pool).
-	Skip func(i int) bool
+	// Skip, if not nil, excludes some upstreams (a policy whose fallback
+	// this is chooses among part of the pool).
+	Skip func(U) bool
 }
 
 // Answers of Select other than an index.
@@ -63,16 +85,19 @@ const (
 	NotIP = -2
 )
 
-// Init provisions c as the core of a policy of kind policy (its label in
-// counters and metrics) over cfg, which is provisioned: addr is an
-// upstream's address (its identity), fallback whether the policy has a
-// fallback.
-func (c *Core[U]) Init(cfg *Config, policy string, addr func(U) string, logger *zap.Logger, fallback bool) {
+// Init provisions c as the core of the policy a describes, over cfg, which
+// is provisioned.
+func (c *Core[U]) Init(cfg *Config, a Adapter[U], logger *zap.Logger) {
+	policy := a.Policy
 	c.opts, c.sessions = *cfg.Options(), cfg.Sessions()
-	c.policy, c.addr, c.triedKey, c.fallback, c.now = policy, addr, affinity.VarKey(policy), fallback, time.Now
-	c.keylessKey = c.triedKey + "/keyless"
+	c.policy, c.addr, c.fallback, c.once, c.now = policy, a.Addr, a.Fallback, a.Once, time.Now
+	c.triedKey = affinity.VarKey(policy)
+	if !c.once {
+		c.keylessKey = c.triedKey + "/keyless"
+	}
+	c.v4, c.v6 = int8(c.opts.IPv4Prefix), int8(c.opts.IPv6Prefix)
 	c.SetLogger(logger)
-	c.pools.Addr = addr
+	c.pools.Addr = a.Addr
 	c.pools.Build = func(addrs []string) affinity.IPPool { return affinity.NewIPPool(policy, addrs) }
 	c.pools.Drop = func(p *affinity.IPPool) { p.Release(policy) }
 }
@@ -80,6 +105,7 @@ func (c *Core[U]) Init(cfg *Config, policy string, addr func(U) string, logger *
 // SetLogger sets the logger of warnings and decisions.
 func (c *Core[U]) SetLogger(l *zap.Logger) {
 	c.logger, c.decision = l, decisionlog.New(l)
+	c.shortcut = c.sessions == nil && c.opts.BalanceFactor <= 0 && !c.decision.Enabled(false)
 }
 
 // VarKey names the variable in which the core keeps the upstreams earlier
@@ -87,7 +113,8 @@ func (c *Core[U]) SetLogger(l *zap.Logger) {
 func (c *Core[U]) VarKey() string { return c.triedKey }
 
 // KeylessKey names the variable in which a request with no key (no client
-// IP, no header) keeps the upstreams its fallback's attempts used.
+// IP, no header) keeps the upstreams its fallback's attempts used, or is
+// "" when the policy is called once per request (Adapter.Once).
 func (c *Core[U]) KeylessKey() string { return c.keylessKey }
 
 // Close releases the pool states, when the config is unloaded.
@@ -98,7 +125,7 @@ func (c *Core[U]) Close() { c.pools.Close() }
 // vars keeps the upstreams earlier attempts used: Caddy (and caddy-l4)
 // call a policy again for each retry of a request, and those that already
 // failed it are passed over (see affinity.ChooseIP). vars may be nil.
-func (c *Core[U]) Select(pool []U, client netip.Addr, vars map[string]any, up Upstreams) int {
+func (c *Core[U]) Select(pool []U, client netip.Addr, vars map[string]any, up Upstreams[U]) int {
 	if !client.IsValid() {
 		if !c.fallback {
 			c.noIPOnce.Do(func() {
@@ -107,13 +134,13 @@ func (c *Core[U]) Select(pool []U, client netip.Addr, vars map[string]any, up Up
 		}
 		return NotIP
 	}
-	return c.selectFor(pool, whom{addr: client}, vars, up)
+	return c.selectFor(pool, whom{addr: client}, c.kept(vars), up)
 }
 
 // SelectKey is Select for the client whose key is k, which is valid: a
 // value's the client chose (NamedKey, for sticky_header's hash mode).
-func (c *Core[U]) SelectKey(pool []U, k affinity.ClientKey, vars map[string]any, up Upstreams) int {
-	return c.selectFor(pool, whom{key: k}, vars, up)
+func (c *Core[U]) SelectKey(pool []U, k affinity.ClientKey, vars map[string]any, up Upstreams[U]) int {
+	return c.selectFor(pool, whom{key: k}, c.kept(vars), up)
 }
 
 // whom is whom a selection is for: a key, or an address whose key (its
@@ -138,34 +165,79 @@ func (c *Core[U]) key(w whom) affinity.ClientKey {
 	return affinity.MaskClient(w.addr, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
 }
 
-func (c *Core[U]) selectFor(pool []U, w whom, vars map[string]any, up Upstreams) int {
-	p := c.pools.Get(pool)
-	tried := c.tried(vars)
-	if tried == nil && c.sessions == nil && up.Skip == nil && up.Load == nil && !affinity.AnyDraining() {
-		// A first attempt by the pure hash whose upstream is available:
-		// what affinity.ChooseIP gives, without its general walk, which in
-		// a loaded server costs cache misses on every request.
-		if i := p.Table.Lookup(c.hash(w)); i >= 0 && up.Available(i) && !p.Stale(i, c.addr(pool[i])) {
-			p.Counters[i].Record(affinity.ResultHit, affinity.ReasonNone)
-			c.done(vars, nil, pool[i], w, affinity.ResultHit)
-			return i
+// HashAddr is the hash of the client at ip, for Hit.
+func (c *Core[U]) HashAddr(ip netip.Addr) uint64 {
+	return affinity.HashAddr(ip, int(c.v4), int(c.v6))
+}
+
+// HashHost is HashAddr of the IP address of a "host:port" or bare address
+// string, read in one pass for IPv4; false if it holds no IP.
+func (c *Core[U]) HashHost(s string) (uint64, bool) {
+	return affinity.HashHostAddr(s, int(c.v4), int(c.v6))
+}
+
+// Hit is Select's common case, which a policy tries first: a request's
+// first attempt by the pure hash (no session table, no bounded loads,
+// decisions not logged), in the pool seen last, while nothing drains,
+// whose upstream is available. h is the client's hash (HashAddr,
+// HashHost). It gives what Select would, counted alike, or -1: then
+// Select decides. In a loaded server each function and each structure a
+// selection reaches is likely a cache miss, so this one function does all
+// of it, reading the pool's state from one snapshot.
+func (c *Core[U]) Hit(pool []U, h uint64, vars map[string]any, available func(U) bool) int {
+	if !c.shortcut || affinity.AnyDraining() {
+		return -1
+	}
+	p := c.pools.Hot(pool)
+	if p == nil {
+		return -1
+	}
+	vars = c.kept(vars)
+	if vars != nil {
+		if _, retry := vars[c.triedKey]; retry {
+			return -1
 		}
 	}
-	return c.choose(pool, p, w, tried, vars, up)
+	i := p.Table.Lookup(h)
+	if i < 0 {
+		return -1
+	}
+	u := &p.Upstreams[i]
+	if !available(pool[i]) || u.Addr != c.addr(pool[i]) {
+		return -1 // down, or the pool changed in place (see Stale)
+	}
+	u.Counters.Record(affinity.ResultHit, affinity.ReasonNone)
+	if vars != nil {
+		vars[c.triedKey] = pool[i]
+	}
+	return i
+}
+
+// kept is where the upstreams of a request's attempts are kept: vars, or
+// nil when the policy is called once per request.
+func (c *Core[U]) kept(vars map[string]any) map[string]any {
+	if c.once {
+		return nil
+	}
+	return vars
+}
+
+func (c *Core[U]) selectFor(pool []U, w whom, vars map[string]any, up Upstreams[U]) int {
+	return c.choose(pool, c.pools.Get(pool), w, c.tried(vars), vars, up)
 }
 
 // choose is Select's general case: session tables, bounded loads,
 // draining, retries, unavailable upstreams, part of a pool.
-func (c *Core[U]) choose(pool []U, p *affinity.IPPool, w whom, tried []U, vars map[string]any, up Upstreams) int {
+func (c *Core[U]) choose(pool []U, p *affinity.IPPool, w whom, tried []U, vars map[string]any, up Upstreams[U]) int {
 	k := c.key(w)
 	sessions := c.sessions
 	var now time.Time
 	if sessions != nil {
 		now = c.now()
 	}
-	avail := up.Available
+	avail := func(i int) bool { return up.Available(pool[i]) }
 	if available, skip := up.Available, up.Skip; skip != nil {
-		avail = func(i int) bool { return !skip(i) && available(i) }
+		avail = func(i int) bool { return !skip(pool[i]) && available(pool[i]) }
 	}
 	var failed func(i int) bool
 	if tried != nil {

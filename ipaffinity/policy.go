@@ -28,6 +28,11 @@ const PolicyName = "ip_affinity"
 // policy: the same client and the same upstream addresses give the same
 // upstream in both, and in every Caddy instance.
 type IPAffinity struct {
+	// First, with the core's first fields: what every selection reads,
+	// in one cache line.
+	remote bool // Source is remote
+	core   Core[*reverseproxy.Upstream]
+
 	// Which address identifies the client: `client` (default) is Caddy's
 	// client IP, which honours the server's trusted_proxies (so a
 	// forwarded-for header counts only from a trusted proxy); `remote` is
@@ -42,10 +47,6 @@ type IPAffinity struct {
 	// warning, logged once) for a client address that is not an IP.
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
-	// remote: Source is remote. Beside the core, whose first fields every
-	// selection reads too.
-	remote   bool
-	core     Core[*reverseproxy.Upstream]
 	fallback reverseproxy.Selector
 	static   []string // the parent's static upstreams, retained
 }
@@ -87,7 +88,12 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
 	s.static = caddyutil.RegisterParentUpstreams(ctx, PolicyName)
-	s.core.Init(&s.Config, PolicyName, func(u *reverseproxy.Upstream) string { return u.Dial }, ctx.Logger(), s.fallback != nil)
+	s.core.Init(&s.Config, Adapter[*reverseproxy.Upstream]{
+		Policy:   PolicyName,
+		Addr:     func(u *reverseproxy.Upstream) string { return u.Dial },
+		Fallback: s.fallback != nil,
+		Once:     !caddyutil.ParentRetries(ctx),
+	}, ctx.Logger())
 	return nil
 }
 
@@ -114,7 +120,19 @@ func (s *IPAffinity) Cleanup() error {
 
 // Select returns the upstream of the request's client.
 func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	return s.SelectSubset(pool, r, w, nil)
+	if len(pool) == 0 {
+		return nil
+	}
+	// One lookup of the vars map serves the client IP and the retry state:
+	// walking the request's context chain is the costliest step here.
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	addr := s.clientAddr(r, vars)
+	if h, ok := s.core.HashHost(addr); ok {
+		if i := s.core.Hit(pool, h, vars, (*reverseproxy.Upstream).Available); i >= 0 {
+			return pool[i]
+		}
+	}
+	return s.selectAmong(pool, r, w, vars, addr, nil)
 }
 
 // SelectSubset is Select among the upstreams of pool that skip does not
@@ -126,14 +144,14 @@ func (s *IPAffinity) SelectSubset(pool reverseproxy.UpstreamPool, r *http.Reques
 	if len(pool) == 0 {
 		return nil
 	}
-	// One lookup of the vars map serves the client IP and the retry state:
-	// walking the request's context chain is the costliest step here.
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-	client, _ := affinity.ParseHostAddr(s.clientAddr(r, vars))
-	up := Upstreams{Available: func(i int) bool { return pool[i].Available() }}
-	if skip != nil {
-		up.Skip = func(i int) bool { return skip(pool[i]) }
-	}
+	return s.selectAmong(pool, r, w, vars, s.clientAddr(r, vars), skip)
+}
+
+// selectAmong is SelectSubset for the client at addr.
+func (s *IPAffinity) selectAmong(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, vars map[string]any, addr string, skip func(*reverseproxy.Upstream) bool) *reverseproxy.Upstream {
+	client, _ := affinity.ParseHostAddr(addr)
+	up := Upstreams[*reverseproxy.Upstream]{Available: (*reverseproxy.Upstream).Available, Skip: skip}
 	if s.core.opts.BalanceFactor > 0 {
 		up.Load = func(i int) int { return pool[i].NumRequests() }
 	}

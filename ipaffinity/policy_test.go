@@ -406,3 +406,70 @@ func TestIPAffinityDrainDeadline(t *testing.T) {
 		t.Fatalf("after undrain: %v, want %v, where the table now keeps the client", u, moved)
 	}
 }
+
+// handlerPolicy runs Caddy with one reverse_proxy handler (its JSON
+// without the handler key) and returns the handler's ip_affinity policy,
+// provisioned as in production: by the handler, its parent.
+func handlerPolicy(t *testing.T, handler string) *IPAffinity {
+	t.Helper()
+	cfg := `{"admin": {"disabled": true, "config": {"persist": false}},
+		"apps": {"http": {"servers": {"t": {"listen": ["127.0.0.1:0"], "automatic_https": {"disable": true},
+			"routes": [{"handle": [{"handler": "reverse_proxy", ` + strings.TrimPrefix(handler, "{") + `]}]}}}}}`
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	app, err := caddy.ActiveContext().App("http")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := app.(*caddyhttp.App).Servers["t"].Routes[0].Handlers[0].(*reverseproxy.Handler)
+	p, ok := h.LoadBalancing.SelectionPolicy.(*IPAffinity)
+	if !ok {
+		t.Fatalf("selection policy is %T", h.LoadBalancing.SelectionPolicy)
+	}
+	p.core.SetLogger(zap.NewNop())
+	return p
+}
+
+// A reverse_proxy handler without lb_retries or lb_try_duration calls its
+// policy once per request: ip_affinity then keeps nothing in the request's
+// variables. With either, it keeps the upstream of each attempt, and a
+// retry moves off the one that failed.
+func TestIPAffinityKeepsAttemptsOnlyWithRetries(t *testing.T) {
+	const upstreams = `"upstreams": [{"dial": "10.0.0.1:80"}, {"dial": "10.0.0.2:80"}, {"dial": "10.0.0.3:80"}]`
+	for _, tc := range []struct {
+		name, lb string
+		retries  bool
+	}{
+		{"no retries", `{"selection_policy": {"policy": "ip_affinity"}}`, false},
+		{"retries", `{"selection_policy": {"policy": "ip_affinity"}, "retries": 2}`, true},
+		{"try_duration", `{"selection_policy": {"policy": "ip_affinity"}, "try_duration": 5000000000}`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := handlerPolicy(t, `{`+upstreams+`, "load_balancing": `+tc.lb+`}`)
+			pool := testPool(3)
+			r := clientRequest("198.51.100.7", "198.51.100.7:1234")
+			vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+			// Several requests, so that the pool's state is built and the
+			// common case (Hit) decides.
+			for range 3 {
+				delete(vars, p.core.VarKey())
+				if p.Select(pool, r, nil) == nil {
+					t.Fatal("no upstream")
+				}
+			}
+			_, kept := vars[p.core.VarKey()]
+			if kept != tc.retries {
+				t.Fatalf("upstream of the attempt kept in the request's variables: %v, want %v", kept, tc.retries)
+			}
+			first, again := p.Select(pool, r, nil), p.Select(pool, r, nil)
+			if tc.retries && (first == again || again == nil) {
+				t.Fatalf("with retries a second attempt went to %v after %v: want another upstream", again, first)
+			}
+			if !tc.retries && first != again {
+				t.Fatalf("without retries (each call a new request) the client went to %v, then %v", first, again)
+			}
+		})
+	}
+}

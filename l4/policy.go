@@ -93,7 +93,12 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		s.conns = g
 	}
 	s.static = registerParentUpstreams(ctx)
-	s.core.Init(&s.Config, PolicyName, (*l4proxy.Upstream).String, ctx.Logger(), s.fallback != nil)
+	s.core.Init(&s.Config, ipaffinity.Adapter[*l4proxy.Upstream]{
+		Policy:   PolicyName,
+		Addr:     (*l4proxy.Upstream).String,
+		Fallback: s.fallback != nil,
+		Once:     callsOnce(parentHandler(ctx)),
+	}, ctx.Logger())
 	return nil
 }
 
@@ -132,6 +137,13 @@ func parentHandler(ctx caddy.Context) *l4proxy.Handler {
 
 // parentUpstreams lists the proxy handler's static upstreams, sorted: the
 // ones whose address has no placeholder, as for the HTTP policies.
+// callsOnce reports whether the proxy handler h calls its policy once per
+// connection: caddy-l4 tries again only within try_duration. Without a
+// handler in sight it says no.
+func callsOnce(h *l4proxy.Handler) bool {
+	return h != nil && (h.LoadBalancing == nil || h.LoadBalancing.TryDuration <= 0)
+}
+
 func parentUpstreams(ctx caddy.Context) []string {
 	var addrs []string
 	if h := parentHandler(ctx); h != nil {
@@ -195,7 +207,14 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 		return nil
 	}
 	client, _ := remoteIP(conn.RemoteAddr())
-	u := ipaffinity.Upstreams{Available: func(i int) bool { return available(up[i], conn) }}
+	vars, _ := conn.Context.Value(varsKey).(map[string]any)
+	avail := func(u *l4proxy.Upstream) bool { return available(u, conn) }
+	if client.IsValid() {
+		if i := s.core.Hit(up, s.core.HashAddr(client), vars, avail); i >= 0 {
+			return up[i]
+		}
+	}
+	u := ipaffinity.Upstreams[*l4proxy.Upstream]{Available: avail}
 	if s.conns != nil {
 		u.Load = func(i int) int {
 			var m dto.Metric
@@ -205,7 +224,6 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 			return int(m.Gauge.GetValue())
 		}
 	}
-	vars, _ := conn.Context.Value(varsKey).(map[string]any)
 	i := s.core.Select(up, client, vars, u)
 	switch {
 	case i >= 0:

@@ -188,3 +188,21 @@ func TestL4SelectAllocations(t *testing.T) {
 		t.Fatalf("layer4 ip_affinity Select: %.1f allocations, want 0", n)
 	}
 }
+
+// caddy-l4 selects again for a connection only within try_duration: only
+// then does the policy keep the upstreams of earlier attempts.
+func TestCallsOnce(t *testing.T) {
+	for _, tc := range []struct {
+		h    *l4proxy.Handler
+		want bool
+	}{
+		{nil, false},
+		{&l4proxy.Handler{}, true},
+		{&l4proxy.Handler{LoadBalancing: &l4proxy.LoadBalancing{}}, true},
+		{&l4proxy.Handler{LoadBalancing: &l4proxy.LoadBalancing{TryDuration: caddy.Duration(time.Second)}}, false},
+	} {
+		if got := callsOnce(tc.h); got != tc.want {
+			t.Errorf("callsOnce(%+v) = %v, want %v", tc.h, got, tc.want)
+		}
+	}
+}

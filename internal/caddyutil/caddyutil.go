@@ -20,19 +20,38 @@ import (
 // provisioning context's parent module.
 func RegisterParentUpstreams(ctx caddy.Context, policy string) []string {
 	var addrs []string
-	mods := ctx.Modules()
-	for i := len(mods) - 1; i >= 0; i-- {
-		if h, ok := mods[i].(*reverseproxy.Handler); ok {
-			for _, u := range h.Upstreams {
-				if u != nil && u.Dial != "" && !strings.Contains(u.Dial, "{") {
-					addrs = append(addrs, u.Dial)
-				}
+	if h := parentHandler(ctx); h != nil {
+		for _, u := range h.Upstreams {
+			if u != nil && u.Dial != "" && !strings.Contains(u.Dial, "{") {
+				addrs = append(addrs, u.Dial)
 			}
-			break
 		}
 	}
 	affinity.Retain(policy, addrs...)
 	return addrs
+}
+
+// ParentRetries reports whether the reverse_proxy handler that loads a
+// policy may call it more than once for a request: with lb_retries or
+// lb_try_duration, it calls the policy again for each retry; without
+// either, once. Without a handler in sight it says it may.
+func ParentRetries(ctx caddy.Context) bool {
+	if h := parentHandler(ctx); h != nil && h.LoadBalancing != nil {
+		return h.LoadBalancing.Retries > 0 || h.LoadBalancing.TryDuration > 0
+	}
+	return true
+}
+
+// parentHandler is the reverse_proxy handler among the provisioning
+// context's modules, the nearest first, or nil.
+func parentHandler(ctx caddy.Context) *reverseproxy.Handler {
+	mods := ctx.Modules()
+	for i := len(mods) - 1; i >= 0; i-- {
+		if h, ok := mods[i].(*reverseproxy.Handler); ok {
+			return h
+		}
+	}
+	return nil
 }
 
 // A SubsetSelector is a selection policy that can choose among part of a
@@ -87,10 +106,14 @@ func PickNew(fallback reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *
 
 // PickKeyless is PickNew for a request with no session key (no header, no
 // IP), which the fallback places on every attempt: the upstreams earlier
-// attempts used are kept in vars under key, and a new round tries them
-// again once every available one has failed (affinity.NewRound). A first
-// attempt with nothing draining costs no allocation.
+// attempts used are kept in vars under key (unless key is "": a policy
+// called once per request), and a new round tries them again once every
+// available one has failed (affinity.NewRound). A first attempt with
+// nothing draining costs no allocation.
 func PickKeyless(fallback reverseproxy.Selector, pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter, vars map[string]any, key string) *reverseproxy.Upstream {
+	if key == "" {
+		vars = nil
+	}
 	prev := vars[key]
 	if prev == nil && !affinity.AnyDraining() {
 		up := fallback.Select(pool, r, w)

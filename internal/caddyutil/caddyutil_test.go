@@ -55,6 +55,12 @@ func TestPickKeylessRetries(t *testing.T) {
 	if u := PickKeyless(first{}, p, r, w, nil, "k"); u != p[0] {
 		t.Fatalf("without vars: %v", u.Dial)
 	}
+	// Without a key (a policy its handler calls once per request): the
+	// fallback's choice, nothing kept.
+	vars = map[string]any{}
+	if u := PickKeyless(first{}, p, r, w, vars, ""); u != p[0] || len(vars) != 0 {
+		t.Fatalf("without a key: %v, kept %v", u.Dial, vars)
+	}
 }
 
 // A draining upstream gets no keyless request while another can take it.
