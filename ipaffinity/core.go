@@ -193,10 +193,8 @@ func (c *Core[U]) Hit(pool []U, h uint64, vars map[string]any, available func(U)
 		return -1
 	}
 	vars = c.kept(vars)
-	if vars != nil {
-		if _, retry := vars[c.triedKey]; retry {
-			return -1
-		}
+	if vars != nil && vars[c.triedKey] != nil {
+		return -1 // a retry (see tried)
 	}
 	i := p.Table.Lookup(h)
 	if i < 0 {

@@ -62,6 +62,13 @@ func TestCoreHashShortcutAgrees(t *testing.T) {
 			}
 		}
 	}
+	// A variable holding nil (how caddy-l4's SetVar clears one) is no
+	// earlier attempt: the shortcut still decides.
+	all := func(string) bool { return true }
+	client := netip.MustParseAddr("198.51.0.1")
+	if i := short.Hit(pool, short.HashAddr(client), map[string]any{short.VarKey(): nil}, all); i < 0 {
+		t.Error("Hit left a request whose attempts variable holds nil to the general path")
+	}
 }
 
 // A core whose policy is called once per request (Adapter.Once) keeps
