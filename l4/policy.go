@@ -23,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/caddy-affinity/caddy-affinity/affinity"
+	"github.com/caddy-affinity/caddy-affinity/internal/caddyutil"
 	"github.com/caddy-affinity/caddy-affinity/internal/parse"
 	"github.com/caddy-affinity/caddy-affinity/ipaffinity"
 )
@@ -97,7 +98,7 @@ func (s *IPAffinity) Provision(ctx caddy.Context) error {
 		Policy:   PolicyName,
 		Addr:     (*l4proxy.Upstream).String,
 		Fallback: s.fallback != nil,
-		Once:     callsOnce(parentHandler(ctx)),
+		Once:     callsOnce(caddyutil.Parent[*l4proxy.Handler](ctx)),
 	}, ctx.Logger())
 	return nil
 }
@@ -124,19 +125,6 @@ func activeConnections(reg *prometheus.Registry) (*prometheus.GaugeVec, error) {
 	return nil, fmt.Errorf("cannot read layer4 connection counts: %v", err)
 }
 
-// parentHandler is the proxy handler that loads the policy.
-func parentHandler(ctx caddy.Context) *l4proxy.Handler {
-	mods := ctx.Modules()
-	for i := len(mods) - 1; i >= 0; i-- {
-		if h, ok := mods[i].(*l4proxy.Handler); ok {
-			return h
-		}
-	}
-	return nil
-}
-
-// parentUpstreams lists the proxy handler's static upstreams, sorted: the
-// ones whose address has no placeholder, as for the HTTP policies.
 // callsOnce reports whether the proxy handler h calls its policy once per
 // connection: caddy-l4 tries again only within try_duration. Without a
 // handler in sight it says no.
@@ -144,9 +132,11 @@ func callsOnce(h *l4proxy.Handler) bool {
 	return h != nil && (h.LoadBalancing == nil || h.LoadBalancing.TryDuration <= 0)
 }
 
+// parentUpstreams lists the proxy handler's static upstreams, sorted: the
+// ones whose address has no placeholder, as for the HTTP policies.
 func parentUpstreams(ctx caddy.Context) []string {
 	var addrs []string
-	if h := parentHandler(ctx); h != nil {
+	if h := caddyutil.Parent[*l4proxy.Handler](ctx); h != nil {
 		for _, u := range h.Upstreams {
 			if u != nil && len(u.Dial) > 0 && !strings.Contains(u.String(), "{") {
 				addrs = append(addrs, u.String())

@@ -20,7 +20,7 @@ import (
 // provisioning context's parent module.
 func RegisterParentUpstreams(ctx caddy.Context, policy string) []string {
 	var addrs []string
-	if h := parentHandler(ctx); h != nil {
+	if h := Parent[*reverseproxy.Handler](ctx); h != nil {
 		for _, u := range h.Upstreams {
 			if u != nil && u.Dial != "" && !strings.Contains(u.Dial, "{") {
 				addrs = append(addrs, u.Dial)
@@ -36,22 +36,24 @@ func RegisterParentUpstreams(ctx caddy.Context, policy string) []string {
 // lb_try_duration, it calls the policy again for each retry; without
 // either, once. Without a handler in sight it says it may.
 func ParentRetries(ctx caddy.Context) bool {
-	if h := parentHandler(ctx); h != nil && h.LoadBalancing != nil {
+	if h := Parent[*reverseproxy.Handler](ctx); h != nil && h.LoadBalancing != nil {
 		return h.LoadBalancing.Retries > 0 || h.LoadBalancing.TryDuration > 0
 	}
 	return true
 }
 
-// parentHandler is the reverse_proxy handler among the provisioning
-// context's modules, the nearest first, or nil.
-func parentHandler(ctx caddy.Context) *reverseproxy.Handler {
+// Parent returns the nearest of the provisioning context's modules (the
+// module being provisioned and those that loaded it) of type T, such as
+// the proxy handler that loads a selection policy, or T's zero value.
+func Parent[T caddy.Module](ctx caddy.Context) T {
 	mods := ctx.Modules()
 	for i := len(mods) - 1; i >= 0; i-- {
-		if h, ok := mods[i].(*reverseproxy.Handler); ok {
+		if h, ok := mods[i].(T); ok {
 			return h
 		}
 	}
-	return nil
+	var zero T
+	return zero
 }
 
 // A SubsetSelector is a selection policy that can choose among part of a
