@@ -284,7 +284,7 @@ func (s *StickyHeader) selectHash(pool reverseproxy.UpstreamPool, r *http.Reques
 	}
 	up := ipaffinity.Upstreams[*reverseproxy.Upstream]{Available: (*reverseproxy.Upstream).Available}
 	if s.BalanceFactor > 0 {
-		up.Load = func(i int) int { return pool[i].NumRequests() }
+		up.Load = (*reverseproxy.Upstream).NumRequests
 	}
 	if i := s.core.SelectKey(pool, affinity.NamedKey(value), vars, up); i >= 0 {
 		return pool[i]

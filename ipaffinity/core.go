@@ -24,7 +24,7 @@ import (
 // line a selection touches is likely a miss, it is one line.
 type Core[U comparable] struct {
 	triedKey string
-	v4, v6   int8 // the prefix lengths
+	v4, v6   uint8 // the prefix lengths (IPv6's may be 128)
 	// shortcut: Hit may decide: no session table, no bounded loads, and
 	// decisions not logged.
 	shortcut bool
@@ -67,9 +67,9 @@ type Adapter[U any] struct {
 type Upstreams[U any] struct {
 	// Available reports whether an upstream can take the request now.
 	Available func(U) bool
-	// Load is upstream i's in-flight requests or connections, for bounded
-	// loads; nil without balance_factor.
-	Load func(i int) int
+	// Load is an upstream's in-flight requests or connections, for
+	// bounded loads; nil without balance_factor.
+	Load func(U) int
 	// Skip, if not nil, excludes some upstreams (a policy whose fallback
 	// this is chooses among part of the pool).
 	Skip func(U) bool
@@ -95,7 +95,7 @@ func (c *Core[U]) Init(cfg *Config, a Adapter[U], logger *zap.Logger) {
 	if !c.once {
 		c.keylessKey = c.triedKey + "/keyless"
 	}
-	c.v4, c.v6 = int8(c.opts.IPv4Prefix), int8(c.opts.IPv6Prefix)
+	c.v4, c.v6 = uint8(c.opts.IPv4Prefix), uint8(c.opts.IPv6Prefix)
 	c.SetLogger(logger)
 	c.pools.Addr = a.Addr
 	c.pools.Build = func(addrs []string) affinity.IPPool { return affinity.NewIPPool(policy, addrs) }
@@ -151,19 +151,17 @@ type whom struct {
 	key  affinity.ClientKey // valid if given
 }
 
-func (c *Core[U]) hash(w whom) uint64 {
-	if w.key.IsValid() {
-		return w.key.Hash()
-	}
-	return affinity.HashAddr(w.addr, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
-}
-
 func (c *Core[U]) key(w whom) affinity.ClientKey {
 	if w.key.IsValid() {
 		return w.key
 	}
 	return affinity.MaskClient(w.addr, c.opts.IPv4Prefix, c.opts.IPv6Prefix)
 }
+
+// Shortcut reports whether Hit can decide for this policy (no session
+// table, no bounded loads, decisions not logged): a policy hashes the
+// client for Hit only then.
+func (c *Core[U]) Shortcut() bool { return c.shortcut }
 
 // HashAddr is the hash of the client at ip, for Hit.
 func (c *Core[U]) HashAddr(ip netip.Addr) uint64 {
@@ -241,10 +239,14 @@ func (c *Core[U]) choose(pool []U, p *affinity.IPPool, w whom, tried []U, vars m
 	if tried != nil {
 		failed = func(i int) bool { return c.triedAddr(tried, c.addr(pool[i])) }
 	}
-	i, res := affinity.ChooseIP(&c.opts, sessions, p, k, now, avail, failed, up.Load)
+	var load func(i int) int
+	if up.Load != nil {
+		load = func(i int) int { return up.Load(pool[i]) }
+	}
+	i, res := affinity.ChooseIP(&c.opts, sessions, p, k, now, avail, failed, load)
 	if p.Stale(i, c.addr(pool[max(i, 0)])) {
 		p = c.pools.Refresh(pool)
-		i, res = affinity.ChooseIP(&c.opts, sessions, p, k, now, avail, failed, up.Load)
+		i, res = affinity.ChooseIP(&c.opts, sessions, p, k, now, avail, failed, load)
 	}
 	if i < 0 {
 		return NoUpstream

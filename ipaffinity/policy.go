@@ -127,9 +127,11 @@ func (s *IPAffinity) Select(pool reverseproxy.UpstreamPool, r *http.Request, w h
 	// walking the request's context chain is the costliest step here.
 	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 	addr := s.clientAddr(r, vars)
-	if h, ok := s.core.HashHost(addr); ok {
-		if i := s.core.Hit(pool, h, vars, (*reverseproxy.Upstream).Available); i >= 0 {
-			return pool[i]
+	if s.core.Shortcut() {
+		if h, ok := s.core.HashHost(addr); ok {
+			if i := s.core.Hit(pool, h, vars, (*reverseproxy.Upstream).Available); i >= 0 {
+				return pool[i]
+			}
 		}
 	}
 	return s.selectAmong(pool, r, w, vars, addr, nil)
@@ -153,7 +155,7 @@ func (s *IPAffinity) selectAmong(pool reverseproxy.UpstreamPool, r *http.Request
 	client, _ := affinity.ParseHostAddr(addr)
 	up := Upstreams[*reverseproxy.Upstream]{Available: (*reverseproxy.Upstream).Available, Skip: skip}
 	if s.core.opts.BalanceFactor > 0 {
-		up.Load = func(i int) int { return pool[i].NumRequests() }
+		up.Load = (*reverseproxy.Upstream).NumRequests
 	}
 	i := s.core.Select(pool, client, vars, up)
 	if i >= 0 {

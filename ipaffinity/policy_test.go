@@ -445,6 +445,7 @@ func TestIPAffinityKeepsAttemptsOnlyWithRetries(t *testing.T) {
 		{"no retries", `{"selection_policy": {"policy": "ip_affinity"}}`, false},
 		{"retries", `{"selection_policy": {"policy": "ip_affinity"}, "retries": 2}`, true},
 		{"try_duration", `{"selection_policy": {"policy": "ip_affinity"}, "try_duration": 5000000000}`, true},
+		{"retries without limit", `{"selection_policy": {"policy": "ip_affinity"}, "retries": -1}`, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := handlerPolicy(t, `{`+upstreams+`, "load_balancing": `+tc.lb+`}`)
@@ -463,6 +464,7 @@ func TestIPAffinityKeepsAttemptsOnlyWithRetries(t *testing.T) {
 			if kept != tc.retries {
 				t.Fatalf("upstream of the attempt kept in the request's variables: %v, want %v", kept, tc.retries)
 			}
+			delete(vars, p.core.VarKey()) // a new request, then a second attempt of it
 			first, again := p.Select(pool, r, nil), p.Select(pool, r, nil)
 			if tc.retries && (first == again || again == nil) {
 				t.Fatalf("with retries a second attempt went to %v after %v: want another upstream", again, first)

@@ -199,22 +199,22 @@ func (s *IPAffinity) Select(up l4proxy.UpstreamPool, conn *layer4.Connection) *l
 	client, _ := remoteIP(conn.RemoteAddr())
 	vars, _ := conn.Context.Value(varsKey).(map[string]any)
 	avail := func(u *l4proxy.Upstream) bool { return available(u, conn) }
-	if client.IsValid() {
+	if client.IsValid() && s.core.Shortcut() {
 		if i := s.core.Hit(up, s.core.HashAddr(client), vars, avail); i >= 0 {
 			return up[i]
 		}
 	}
-	u := ipaffinity.Upstreams[*l4proxy.Upstream]{Available: avail}
+	ups := ipaffinity.Upstreams[*l4proxy.Upstream]{Available: avail}
 	if s.conns != nil {
-		u.Load = func(i int) int {
+		ups.Load = func(u *l4proxy.Upstream) int {
 			var m dto.Metric
-			if s.conns.WithLabelValues(up[i].String()).Write(&m) != nil || m.Gauge == nil {
+			if s.conns.WithLabelValues(u.String()).Write(&m) != nil || m.Gauge == nil {
 				return 0
 			}
 			return int(m.Gauge.GetValue())
 		}
 	}
-	i := s.core.Select(up, client, vars, u)
+	i := s.core.Select(up, client, vars, ups)
 	switch {
 	case i >= 0:
 		return up[i]

@@ -33,11 +33,12 @@ func RegisterParentUpstreams(ctx caddy.Context, policy string) []string {
 
 // ParentRetries reports whether the reverse_proxy handler that loads a
 // policy may call it more than once for a request: with lb_retries or
-// lb_try_duration, it calls the policy again for each retry; without
-// either, once. Without a handler in sight it says it may.
+// lb_try_duration (a negative one: without limit), it calls the policy
+// again for each retry; with neither, once. Without a handler in sight it
+// says it may.
 func ParentRetries(ctx caddy.Context) bool {
 	if h := Parent[*reverseproxy.Handler](ctx); h != nil && h.LoadBalancing != nil {
-		return h.LoadBalancing.Retries > 0 || h.LoadBalancing.TryDuration > 0
+		return h.LoadBalancing.Retries != 0 || h.LoadBalancing.TryDuration != 0
 	}
 	return true
 }
