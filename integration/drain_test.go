@@ -31,13 +31,7 @@ http://127.0.0.1:%d {
 }
 `, port, bs[0].addr, bs[1].addr, bs[2].addr, testSecret), caddyOpts{wait: []string{fmt.Sprintf("127.0.0.1:%d", port)}, level: "WARN"})
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	var bound []*client
-	for len(bound) < 4 {
-		cl := newClient(t)
-		if cl.get(url).backend == "d0" {
-			bound = append(bound, cl)
-		}
-	}
+	bound := clientsOn(t, url, "d0", 4)
 	const deadline = 3 * time.Second
 	start := time.Now()
 	// The drain through the command line, which waits until d0 is drained.
@@ -255,13 +249,7 @@ http://127.0.0.1:%d {
 	}
 	c := startCaddy(t, sites(2), caddyOpts{wait: []string{fmt.Sprintf("127.0.0.1:%d", port)}})
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	var bound []*client
-	for len(bound) < 3 {
-		cl := newClient(t)
-		if cl.get(url).backend == "r0" {
-			bound = append(bound, cl)
-		}
-	}
+	bound := clientsOn(t, url, "r0", 3)
 	deadlineOf := func() *time.Time {
 		var ups []admin.UpstreamStatus
 		adminGet(t, c.admin, "/affinity/upstreams", &ups)

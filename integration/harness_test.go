@@ -346,6 +346,21 @@ type client struct {
 	hc *http.Client
 }
 
+// clientsOn returns n new clients whose first request to url the
+// backend named backend answered (a session bound there), making as many
+// clients as it takes.
+func clientsOn(t testing.TB, url, backend string, n int) []*client {
+	t.Helper()
+	var bound []*client
+	for len(bound) < n {
+		cl := newClient(t)
+		if cl.get(url).backend == backend {
+			bound = append(bound, cl)
+		}
+	}
+	return bound
+}
+
 func newClient(t testing.TB) *client {
 	jar, _ := cookiejar.New(nil)
 	return &client{t: t, hc: &http.Client{Jar: jar, Timeout: 10 * time.Second,
