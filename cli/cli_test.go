@@ -85,17 +85,24 @@ func TestFlushJSON(t *testing.T) {
 	}
 }
 
+// drainingAdmin is a fake admin endpoint that drains up and answers its
+// n-th poll (from 1) of the upstreams with status(n); polls counts them.
+func drainingAdmin(t *testing.T, up string, polls *atomic.Int64, status func(n int64) admin.UpstreamStatus) string {
+	return fakeAdmin(t, map[string]http.HandlerFunc{
+		"POST /affinity/upstreams/drain": replyJSON(map[string]any{"address": up, "draining": true, "changed": true}),
+		"GET /affinity/upstreams": func(w http.ResponseWriter, r *http.Request) {
+			replyJSON([]admin.UpstreamStatus{status(polls.Add(1))})(w, r)
+		},
+	})
+}
+
 // drain --wait against an upstream that stays bound fails at --timeout,
 // saying what is still bound.
 func TestDrainWaitTimeout(t *testing.T) {
 	const up = "10.0.0.1:8080"
 	var polls atomic.Int64
-	addr := fakeAdmin(t, map[string]http.HandlerFunc{
-		"POST /affinity/upstreams/drain": replyJSON(map[string]any{"address": up, "draining": true, "changed": true}),
-		"GET /affinity/upstreams": func(w http.ResponseWriter, r *http.Request) {
-			polls.Add(1)
-			replyJSON([]admin.UpstreamStatus{{Address: up, Draining: true, Sessions: 3, InFlight: 1}})(w, r)
-		},
+	addr := drainingAdmin(t, up, &polls, func(int64) admin.UpstreamStatus {
+		return admin.UpstreamStatus{Address: up, Draining: true, Sessions: 3, InFlight: 1}
 	})
 	out, err := run(t, "drain", up, "--wait", "--timeout", "300ms", "--interval", "20ms", "--address", addr)
 	if err == nil {
@@ -117,15 +124,11 @@ func TestDrainWaitTimeout(t *testing.T) {
 func TestDrainWaitDrained(t *testing.T) {
 	const up = "10.0.0.2:8080"
 	var polls atomic.Int64
-	addr := fakeAdmin(t, map[string]http.HandlerFunc{
-		"POST /affinity/upstreams/drain": replyJSON(map[string]any{"address": up, "draining": true, "changed": true}),
-		"GET /affinity/upstreams": func(w http.ResponseWriter, r *http.Request) {
-			s := admin.UpstreamStatus{Address: up, Draining: true, Sessions: 1}
-			if polls.Add(1) >= 3 {
-				s = admin.UpstreamStatus{Address: up, Draining: true, Drained: true}
-			}
-			replyJSON([]admin.UpstreamStatus{s})(w, r)
-		},
+	addr := drainingAdmin(t, up, &polls, func(n int64) admin.UpstreamStatus {
+		if n >= 3 {
+			return admin.UpstreamStatus{Address: up, Draining: true, Drained: true}
+		}
+		return admin.UpstreamStatus{Address: up, Draining: true, Sessions: 1}
 	})
 	out, err := run(t, "drain", up, "--wait", "--interval", "10ms", "--address", addr)
 	if err != nil || !strings.Contains(out, up+": drained,") || polls.Load() != 3 {

@@ -198,11 +198,10 @@ func (c *Core[U]) Hit(pool []U, h uint64, vars map[string]any, available func(U)
 	if i < 0 {
 		return -1
 	}
-	u := &p.Upstreams[i]
-	if !available(pool[i]) || u.Addr != c.addr(pool[i]) {
-		return -1 // down, or the pool changed in place (see Stale)
+	if !available(pool[i]) || p.Stale(i, c.addr(pool[i])) {
+		return -1 // down, or the pool changed in place
 	}
-	u.Counters.Record(affinity.ResultHit, affinity.ReasonNone)
+	p.Upstreams[i].Counters.Record(affinity.ResultHit, affinity.ReasonNone)
 	if vars != nil {
 		vars[c.triedKey] = pool[i]
 	}
